@@ -1,0 +1,72 @@
+"""`deepfusion`: the one command line for every job. Run `deepfusion --help` to start.
+
+Each command group lives in its own module under jobs/commands/ and registers itself here; the
+top-level help lists only commands that are built. Exit codes: 0 success, 1 the job ran and found
+problems or failed (with a message, never a bare traceback for a known error), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs import compat
+
+compat.install()  # also done by the venv's .pth file; harmless twice, needed if run elsewhere
+
+from jobs.commands import CommandError, dataset, demo, scenes  # noqa: E402
+
+GROUPS = [demo, scenes, dataset]
+
+DESCRIPTION = """\
+deepfusion turns image URL lists into a trained deep-fusion text-to-image model:
+
+  URL list --curate--> dataset (shards + sidecars + manifest) <--caption-- VLM captions
+                                    |
+                                    +--train--> deep-fusion DiT on a frozen LLM
+
+Every stage reads and writes the same on-disk dataset contract, so each can run (and resume)
+on its own. Start with the synthetic scenes corpus, which comes with its own faulty web server:
+
+  deepfusion scenes make --n 200 --faults 0.1 --out /tmp/scenes
+  deepfusion scenes serve /tmp/scenes &
+  deepfusion dataset verify /path/to/dataset
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepfusion", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub, HelpFormatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from datapipe.contract import ContractError
+
+    try:
+        return int(args.run(args) or 0)
+    except (CommandError, ContractError, FileNotFoundError, ValueError) as e:
+        print(f"deepfusion {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
