@@ -75,3 +75,14 @@ def test_dataset_verify_exit_codes(tmp_path):
     assert missing.returncode == 1 and "not a deepfusion dataset" in missing.stdout
     info = run("dataset", "info", str(tmp_path / "nothing-here"))
     assert info.returncode == 1 and "error:" in info.stderr and "Traceback" not in info.stderr
+
+
+def test_model_info_reports_a_preset_and_rejects_unknown_ones():
+    import json
+
+    info = run("model", "info", "small", "--json")
+    assert info.returncode == 0, info.stderr
+    d = json.loads(info.stdout)
+    assert d["dit"]["depth"] == 12 and 30e6 < d["dit_params"] < 50e6 and d["text_encoder"] == "smollm2"
+    bad = run("model", "info", "huge")
+    assert bad.returncode == 1 and "unknown model preset 'huge'" in bad.stderr

