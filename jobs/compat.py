@@ -59,6 +59,8 @@ def cache_dir(create: bool = True) -> Path:
 
 def _define_missing_torchvision_ops() -> None:
     global _fallback_library
+    if _fallback_library is not None:
+        return  # already defined (find_spec can be asked for torchvision more than once)
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return

@@ -68,11 +68,12 @@ class EDM:
     @torch.no_grad()
     def sample(self, net: Network, shape: tuple[int, ...], cond: tuple, uncond: tuple | None = None,
                steps: int = 32, guidance: float = 1.0, generator: torch.Generator | None = None,
-               device=None) -> torch.Tensor:
+               device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Heun's 2nd-order deterministic sampler (EDM Algorithm 1) with classifier-free guidance.
 
         cond/uncond are the extra arguments of `net` (text states and masks) for the prompt and for
-        the empty prompt; with guidance != 1 both run in one batch. Deterministic for a generator.
+        the empty prompt; with guidance != 1 both run in one batch. Deterministic for a generator
+        (or for `noise`: unit-variance starting noise of `shape`, e.g. drawn per image from its seed).
         """
         use_cfg = uncond is not None and guidance != 1.0
 
@@ -85,7 +86,9 @@ class EDM:
             return d_uncond + guidance * (d_cond - d_uncond)
 
         sigmas = self.sigma_schedule(steps, device)
-        x = torch.randn(shape, generator=generator, device=device) * sigmas[0]
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=device)
+        x = noise.to(device=device, dtype=torch.float32) * sigmas[0]
         for i in range(steps):
             s_cur, s_next = sigmas[i], sigmas[i + 1]
             d_cur = (x - guided(x, s_cur)) / s_cur

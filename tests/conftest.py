@@ -40,3 +40,23 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("DEEPFUSION_TEST_ARTIFACTS", ROOT / "artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A random 4-layer Llama (width 64) with a real BPE tokenizer, saved as a local folder."""
+    from model.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny-llama", layers=4, hidden=64, heads=4)
+
+
+def scenes_dataset(root: Path, n: int, sizes: str = "32x32", shard_size: int = 16, seed: int = 0) -> Path:
+    """A captioned dataset (reference + alt versions) of n single-colour scenes, made in seconds."""
+    from datapipe.scenes import CorpusConfig, make_corpus
+    from datapipe.scenes.dataset import ingest_corpus
+
+    cfg = CorpusConfig(n=n, seed=seed, sizes=[tuple(int(v) for v in s.split("x")) for s in sizes.split(",")],
+                       max_groups=1, text_probability=0.0)
+    make_corpus(root / "corpus", cfg, progress=False)
+    ingest_corpus(root / "corpus", str(root / "dataset"), shard_size=shard_size)
+    return root / "dataset"

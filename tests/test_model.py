@@ -26,11 +26,6 @@ MODES = ["deep_fusion", "last_layer", "refiner"]
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny-llama", layers=4, hidden=64, heads=4)
-
-
-@pytest.fixture(scope="session")
 def encoder(tiny_llm):
     return FrozenTextEncoder(TextEncoderConfig(source=str(tiny_llm), max_tokens=16))
 

@@ -5,7 +5,7 @@ Readers: Dataset (committed shards, samples, sidecars, rejects), CaptionSet (res
 Integrity: verify_dataset.
 """
 
-from .captions import CaptionSet, CaptionShard, CaptionVersion, CaptionWriter, list_versions
+from .captions import CaptionSet, CaptionShard, CaptionVersion, CaptionWriter, caption_table, list_versions
 from .dataset import Dataset
 from .manifest import MANIFEST, Manifest, ShardEntry, commit_shards, utc_now
 from .schema import (

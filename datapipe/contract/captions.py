@@ -179,6 +179,12 @@ class CaptionWriter:
         return entry
 
 
+def caption_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Caption rows (dicts) to Arrow with the contract's schema; absent columns become nulls."""
+    return pa.Table.from_pylist([{name: r.get(name) for name in CAPTION_COLUMNS.names} for r in rows],
+                                schema=CAPTION_COLUMNS)
+
+
 def read_version_shard(storage: Storage, version: str, shard_id: str) -> pa.Table:
     with storage.open(f"{version_dir(version)}/{shard_id}.parquet") as f:
         return pq.read_table(f)

@@ -42,6 +42,8 @@ class CorpusConfig:
     near_duplicates: float = 0.0  # fraction that are JPEG re-encodes of an earlier ok row
     sizes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SIZES))
     text_probability: float = 0.3
+    object_sizes: list[str] = field(default_factory=lambda: ["small", "medium", "large"])  # names in graph.SIZES
+    max_groups: int = 3  # 1..3 groups of same-coloured shapes per scene (1: one colour per image)
 
 
 def _row_kinds(cfg: CorpusConfig, rng: random.Random) -> list[tuple[str, str | None]]:
@@ -80,7 +82,8 @@ def make_corpus(out: str | Path, cfg: CorpusConfig, progress: bool = True) -> di
         else:
             scene_id = f"s{cfg.seed:04d}{i:07d}"
             size = tuple(cfg.sizes[rng.randrange(len(cfg.sizes))])
-            scene = generate_scene(scene_id, rng.getrandbits(48), size, cfg.text_probability)
+            scene = generate_scene(scene_id, rng.getrandbits(48), size, cfg.text_probability, cfg.max_groups,
+                                   tuple(cfg.object_sizes))
             scenes[scene_id] = scene
             (out / "images" / f"{scene_id}.png").write_bytes(png(render(scene)))
         sid = scene.id

@@ -24,8 +24,8 @@ def _plural(shape: str, n: int) -> str:
 
 def _counted(group: list[SceneObject], article: bool = True, size: bool = False) -> str:
     o, n = group[0], len(group)
-    count = ("a" if article else "one") if n == 1 else NUMBER_WORDS[n]
     adj = f"{o.size} {o.color}" if size else o.color
+    count = (("an" if adj[0] in "aeiou" else "a") if article else "one") if n == 1 else NUMBER_WORDS[n]
     return f"{count} {adj} {_plural(o.shape, n)}"
 
 

@@ -104,12 +104,13 @@ def _fits(cx: float, cy: float, r: float, w: int, h: int, placed: list[tuple[flo
     return all(math.hypot(x - px, y - py) > r + pr + margin for px, py, pr in placed)
 
 
-def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None, text_probability: float = 0.3) -> Scene:
-    """A random scene, fully determined by `seed` (and `size` when given)."""
+def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None, text_probability: float = 0.3,
+                   max_groups: int = 3, object_sizes: tuple[str, ...] = tuple(SIZES)) -> Scene:
+    """A random scene, fully determined by `seed` (and `size`, `max_groups` when given)."""
     rng = random.Random(seed)
     width, height = size or rng.choice(DEFAULT_SIZES)
     background = rng.choice(list(BACKGROUNDS))
-    n_groups = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
+    n_groups = rng.choices([1, 2, 3][:max_groups], weights=[4, 4, 2][:max_groups])[0]
     colors = rng.sample(list(COLORS), n_groups)  # one colour per group: colour identifies a group
     scene = Scene(scene_id, seed, width, height, background, BACKGROUNDS[background])
     placed: list[tuple[float, float, float]] = []
@@ -117,7 +118,7 @@ def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None
     for g, color in enumerate(colors):
         count = min(rng.choices([1, 2, 3, 4], weights=[5, 3, 2, 1])[0], budget - (n_groups - g - 1))
         shape = rng.choice(SHAPES)
-        size_name = rng.choice(list(SIZES))
+        size_name = rng.choice(list(object_sizes))
         r = SIZES[size_name] * min(width, height)
         for _ in range(count):
             for _attempt in range(200):

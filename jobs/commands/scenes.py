@@ -16,7 +16,10 @@ def _make(args: argparse.Namespace) -> int:
         duplicates=args.duplicates,
         near_duplicates=args.near_duplicates,
         text_probability=args.text_probability,
+        max_groups=args.max_groups,
     )
+    if args.sizes:
+        cfg.sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     if args.fault_names:
         cfg.fault_names = args.fault_names.split(",")
     summary = make_corpus(args.out, cfg)
@@ -25,6 +28,15 @@ def _make(args: argparse.Namespace) -> int:
     print(f"  ground truth: {args.out}/ground_truth.parquet")
     print(f"  expected outcomes: {summary['expect']}")
     print(f"serve it with: deepfusion scenes serve {args.out}")
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from datapipe.scenes.dataset import ingest_corpus
+
+    counts = ingest_corpus(args.corpus, args.root, shard_size=args.shard_size)
+    print(f"wrote {counts['samples']} samples in {counts['shards']} shards to {args.root} "
+          f"(caption versions: reference, alt); {counts['skipped']} non-ok rows left out")
     return 0
 
 
@@ -65,7 +77,23 @@ def register(sub, formatter) -> None:
     make.add_argument("--duplicates", type=float, default=0.0, help="fraction of byte-identical copies under other URLs")
     make.add_argument("--near-duplicates", type=float, default=0.0, help="fraction of JPEG re-encodes of earlier rows")
     make.add_argument("--text-probability", type=float, default=0.3, help="chance a scene contains a word")
+    make.add_argument("--sizes", default="", help="comma-separated WxH image sizes to draw from, e.g. 64x64,96x64")
+    make.add_argument("--max-groups", type=int, default=3, choices=[1, 2, 3], help="most colour groups per scene")
     make.set_defaults(run=_make)
+
+    ds = gsub.add_parser(
+        "dataset",
+        help="write a corpus's good rows straight into a captioned dataset root (no download)",
+        description="The base renders become committed shards, with two caption versions: `reference` "
+        "(six ground-truth captions) and `alt` (the alt text). For trainer experiments and tests; "
+        "the curation job produces the same layout from the URL list.",
+        epilog="example: deepfusion scenes dataset /tmp/scenes /tmp/scenes-ds --shard-size 256",
+        formatter_class=formatter,
+    )
+    ds.add_argument("corpus", help="a folder written by `deepfusion scenes make`")
+    ds.add_argument("root", help="dataset root to write (local path or fsspec URI)")
+    ds.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    ds.set_defaults(run=_dataset)
 
     serve = gsub.add_parser(
         "serve",

@@ -1,0 +1,216 @@
+"""The trainer's typed configuration: nested dataclasses, loaded from YAML with dotted overrides.
+
+    cfg = load_config("jobs/configs/train/tiny.yaml", ["steps=200", "data.root=/data/ds"])
+
+Every batch setting is derived from `global_batch` and `micro_batch` here, and the DeepSpeed
+config is generated from this object (trainer/deepspeed_config.py), so they cannot drift apart.
+`identity_hash()` names what a checkpoint depends on; resuming under another identity is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .guard import SpikeGuardConfig
+
+CAPTION_CHOICES = ("1", "2", "3", "4", "5", "6", "alt")
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset root (local path or fsspec URI)
+    # Caption versions to read, in priority order: a key takes its captions from the first version
+    # that has an ok row for it. Overlays (regeneration runs) are resolved by the contract reader.
+    caption_versions: list[str] = field(default_factory=lambda: ["reference"])
+    # Caption-level sampling weights: "1".."6" are the levels, "alt" the source alt text.
+    level_weights: dict[str, float] = field(default_factory=lambda: {str(i): 1.0 for i in range(1, 7)})
+    cfg_dropout: float = 0.1  # probability of the empty prompt (for classifier-free guidance)
+    resolution: int = 64  # buckets have about resolution^2 pixels
+    buckets: list[list[int]] = field(default_factory=list)  # explicit [height, width] list; else generated
+    max_aspect: float = 2.0  # generated buckets span aspect ratios 1/max_aspect .. max_aspect
+    bucket_multiple: int = 16  # bucket sides are multiples of this (codec factor x patch size)
+    shuffle_window: int = 8  # shards whose samples are shuffled together
+    follow: bool = False  # keep picking up shards committed while training runs
+    follow_poll_s: float = 5.0
+    follow_idle_s: float = 60.0  # in follow mode, end the epoch after this long without a new shard
+    prefetch: int = 4  # micro-batches decoded ahead of the step
+    decode_threads: int = 2
+    log_keys: bool = False  # write the keys each rank trains on to run_dir/keys/ (audits, tests)
+
+
+@dataclass
+class ModelSection:
+    preset: str = "small"
+    dit: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's DiTConfig
+    text_encoder: dict[str, Any] = field(default_factory=dict)  # overrides of its TextEncoderConfig
+    codec: dict[str, Any] = field(default_factory=dict)  # overrides of its CodecConfig
+    edm: dict[str, Any] = field(default_factory=dict)  # EDMConfig fields
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0  # global norm; 0 = off (applied by the spike guard's optimizer)
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 0
+    bf16: bool = False
+    activation_checkpointing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed config
+
+
+@dataclass
+class EMAConfig:
+    halflife_images: float = 10_000  # edm2-style: the EMA's half-life counted in training images
+    rampup_ratio: float = 0.05  # half-life <= images_seen x ratio early in training (0 = off)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep_last: int = 3
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class SampleConfig:
+    every_steps: int = 0  # 0 = only at the end of training
+    prompts: list[str] = field(default_factory=lambda: ["a red circle", "two blue squares", "a green triangle"])
+    from_dataset: int = 2  # also take this many samples' captions from the dataset ...
+    levels: list[int] = field(default_factory=lambda: [1, 6])  # ... at these caption levels
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 24
+    guidance: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/train"
+    seed: int = 0
+    steps: int = 1000  # optimizer steps; extend a finished run by re-running with more
+    global_batch: int = 32  # images per optimizer step, over all ranks
+    micro_batch: int = 0  # per rank per forward; 0 = global_batch / world (no accumulation)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    spike_guard: SpikeGuardConfig = field(default_factory=SpikeGuardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        self.data.level_weights = {str(k): float(v) for k, v in self.data.level_weights.items()}
+        unknown = sorted(set(self.data.level_weights) - set(CAPTION_CHOICES))
+        if unknown:
+            raise ValueError(f"data.level_weights: unknown level(s) {unknown}; use {list(CAPTION_CHOICES)}")
+        if not any(w > 0 for w in self.data.level_weights.values()):
+            raise ValueError("data.level_weights: at least one weight must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def batch_layout(self, world: int) -> tuple[int, int]:
+        """(micro_batch, gradient accumulation steps) for `world` ranks; refuses what does not divide."""
+        micro = self.micro_batch or self.global_batch // world
+        if micro < 1 or self.global_batch % (micro * world):
+            raise ValueError(
+                f"global_batch {self.global_batch} is not divisible by micro_batch {micro} x {world} rank(s)"
+            )
+        return micro, self.global_batch // (micro * world)
+
+    # What a checkpoint depends on. Left out, so they may change between runs of one run_dir:
+    # run length, logging/checkpoint/sample cadence, the loader's performance knobs, follow mode.
+    VOLATILE = ("run_dir", "steps", "checkpoint", "log", "sample", "data.follow", "data.follow_poll_s",
+                "data.follow_idle_s", "data.prefetch", "data.decode_threads", "data.log_keys", "data.root")
+
+    def identity(self) -> dict:
+        d = self.to_dict()
+        for path in self.VOLATILE:
+            node, *rest = path.split(".")
+            if rest:
+                d[node].pop(rest[0], None)
+            else:
+                d.pop(node, None)
+        return d
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- loading ------------------------------------------------------------------------------------
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a dict, recursively; unknown keys are an error naming the path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[where + k for k in unknown]}; known under "
+                         f"{where or 'the top level'}: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, f"{where}{name}.")
+        elif hint is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` strings onto a nested dict; values are parsed as YAML (numbers, lists, true)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+        path, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = path.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[leaf] = _parse_value(raw)
+    return data
+
+
+def _parse_value(raw: str):
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    data = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping")
+    return from_dict(TrainConfig, apply_overrides(data, overrides or []))

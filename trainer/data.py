@@ -1,0 +1,317 @@
+"""The streaming loader: committed shards + caption versions -> bucketed micro-batches per rank.
+
+Two halves:
+- `Planner` decides, from metadata only (sidecars and caption parquet, no image bytes), the exact
+  sequence of global batches: which samples, which bucket, which caption text. It is a pure
+  function of (seed, epoch, the epoch's shard windows), so every rank computes the same plan and
+  a resumed run replays it. Shard listings come from rank 0 (`sync`), so ranks never disagree
+  about which shards exist while curation is still committing new ones.
+- `ShardLoader` takes this rank's disjoint slice of each global batch, reads just those tar
+  members (by offset, no full-shard scan after the first) and decodes them in a thread pool a
+  few micro-batches ahead of the training step.
+
+Caption choice happens here, before the LLM runs: a level drawn with `level_weights` among the
+levels the sample has, then CFG dropout to the empty prompt. Both are seeded per (seed, epoch,
+key), independent of rank count and timing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import tarfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+
+from datapipe.contract import CAPTION_STATUS_OK, LEVEL_COLUMNS, CaptionSet, Dataset
+
+from .buckets import make_buckets, nearest_bucket, resize_to_bucket
+from .config import DataConfig
+
+log = logging.getLogger(__name__)
+
+Sync = Callable[[Callable[[], object]], object]  # runs the function on rank 0, broadcasts its value
+
+
+@dataclass
+class PlannedSample:
+    shard: str
+    key: str
+    ext: str
+    caption: str
+    level: str  # "1".."6", "alt", or "uncond" (CFG dropout)
+
+
+@dataclass
+class PlannedBatch:
+    epoch: int
+    index: int  # global batches before this one in the epoch
+    bucket: tuple[int, int]
+    samples: list[PlannedSample]
+    windows: list[list[str]]  # the epoch's shard windows decided so far (for the checkpoint)
+
+
+@dataclass
+class LoaderPosition:
+    """Where the loader is: what a checkpoint stores so a resumed run sees the same samples."""
+
+    epoch: int = 0
+    batches: int = 0  # global batches consumed in this epoch
+    windows: list[list[str]] = field(default_factory=list)  # this epoch's shard windows, in order
+
+
+@dataclass
+class LoaderStats:
+    planned: int = 0
+    no_caption: int = 0  # samples skipped: no ok caption row in any chosen version (or no usable level)
+    dropped_tail: int = 0  # samples left in unfilled buckets at an epoch's end
+    cfg_dropped: int = 0
+    read_errors: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Planner:
+    def __init__(self, cfg: DataConfig, seed: int, global_batch: int, sync: Sync | None = None):
+        self.cfg, self.seed, self.global_batch = cfg, seed, global_batch
+        self.sync = sync or (lambda fn: fn())
+        self.dataset = Dataset(cfg.root)
+        self.caption_sets = [CaptionSet(self.dataset.storage, v) for v in cfg.caption_versions]
+        self.buckets = [tuple(b) for b in cfg.buckets] or make_buckets(cfg.resolution, cfg.bucket_multiple, cfg.max_aspect)
+        self.levels = [(name, w) for name, w in cfg.level_weights.items() if w > 0]
+        self.stats = LoaderStats()
+
+    # -- shard listing, agreed by all ranks ----------------------------------------------------
+    def _ready_shards(self) -> list[str]:
+        """Committed shards; in follow mode only those a chosen caption version has reached, so a
+        shard committed by curation is not consumed (as all-uncaptioned) before captioning gets to it."""
+        committed = [s.id for s in self.dataset.refresh().shards]
+        if not self.cfg.follow or not self.cfg.caption_versions:
+            return committed
+        self.caption_sets = [CaptionSet(self.dataset.storage, v) for v in self.cfg.caption_versions]
+        captioned = {sid for cs in self.caption_sets for sid in cs.shard_ids()}
+        return [sid for sid in committed if sid in captioned]
+
+    def _wait_for_windows(self, epoch: int, used: set[str]) -> list[list[str]]:
+        """Windows of shards not used yet this epoch. Rank 0 lists the manifest and, in follow
+        mode, decides when waiting has lasted long enough; every rank acts on its answer."""
+        deadline = time.monotonic() + self.cfg.follow_idle_s
+        while True:
+            committed, expired = self.sync(lambda: (self._ready_shards(), time.monotonic() >= deadline))
+            fresh = [s for s in committed if s not in used]
+            if not self.cfg.follow:  # a fixed epoch: every committed shard, in a seeded order
+                random.Random(f"{self.seed}:{epoch}:shards").shuffle(fresh)
+            w = max(1, self.cfg.shuffle_window)
+            windows = [fresh[i : i + w] for i in range(0, len(fresh), w)]
+            if windows or not self.cfg.follow or expired:
+                return windows
+            log.info("follow: waiting for newly committed shards (%d used this epoch)", len(used))
+            time.sleep(self.cfg.follow_poll_s)
+
+    # -- the plan ------------------------------------------------------------------------------
+    def epoch(self, epoch: int, windows: list[list[str]] | None = None) -> Iterator[PlannedBatch]:
+        """The epoch's global batches; `windows` replays the start of an epoch from a checkpoint."""
+        windows = [list(w) for w in windows or []]
+        if not windows:
+            windows = self._wait_for_windows(epoch, set())
+        pending: dict[int, list[PlannedSample]] = {}
+        index, w = 0, 0
+        while True:
+            if w == len(windows):
+                if not self.cfg.follow:
+                    break
+                more = self._wait_for_windows(epoch, {s for win in windows for s in win})
+                if not more:
+                    break
+                windows.extend(more)
+            items = self._window_samples(epoch, w, windows[w])
+            w += 1
+            for bucket, sample in items:
+                group = pending.setdefault(bucket, [])
+                group.append(sample)
+                if len(group) == self.global_batch:
+                    pending[bucket] = []
+                    yield PlannedBatch(epoch, index, self.buckets[bucket], group, [list(x) for x in windows])
+                    index += 1
+        self.stats.dropped_tail += sum(len(g) for g in pending.values())
+
+    def _window_samples(self, epoch: int, w: int, shards: list[str]) -> list[tuple[int, PlannedSample]]:
+        items = []
+        for sid in shards:
+            captions = self._captions(sid)
+            side = self.dataset.sidecar(sid, ["key", "ext", "width", "height", "caption"]).to_pylist()
+            for row in side:
+                choice = self._caption_for(epoch, row, captions.get(row["key"]))
+                if choice is None:
+                    self.stats.no_caption += 1
+                    continue
+                bucket = nearest_bucket(self.buckets, row["height"], row["width"])
+                items.append((bucket, PlannedSample(sid, row["key"], row["ext"], *choice)))
+        random.Random(f"{self.seed}:{epoch}:window{w}").shuffle(items)
+        self.stats.planned += len(items)
+        return items
+
+    def _captions(self, sid: str) -> dict[str, dict]:
+        """key -> level texts, from the first version (in priority order) with an ok row."""
+        out: dict[str, dict] = {}
+        for cs in self.caption_sets:
+            for row in cs.shard(sid).to_pylist():
+                if row["status"] == CAPTION_STATUS_OK and row["key"] not in out:
+                    out[row["key"]] = row
+        return out
+
+    def _caption_for(self, epoch: int, row: dict, caption_row: dict | None) -> tuple[str, str] | None:
+        texts = {}
+        if caption_row is not None:
+            texts = {str(i + 1): caption_row[c] for i, c in enumerate(LEVEL_COLUMNS)}
+        texts["alt"] = row.get("caption")
+        if caption_row is None and not (self.cfg.level_weights.get("alt", 0) > 0 and texts["alt"]):
+            return None  # a sample without captions is skipped, not trained on alt text by accident
+        usable = [(name, w) for name, w in self.levels if texts.get(name) and texts[name].strip()]
+        if not usable:
+            return None
+        rng = random.Random(f"{self.seed}:{epoch}:{row['key']}")
+        level = rng.choices([n for n, _ in usable], weights=[w for _, w in usable])[0]
+        if rng.random() < self.cfg.cfg_dropout:
+            self.stats.cfg_dropped += 1
+            return "", "uncond"
+        return texts[level], level
+
+
+@dataclass
+class MicroBatch:
+    images: torch.Tensor  # uint8 [m, 3, h, w]
+    captions: list[str]
+    levels: list[str]
+    keys: list[str]
+    bucket: tuple[int, int]
+    last_of_step: bool  # the final micro-batch of a global batch (the optimizer steps after it)
+    position: LoaderPosition  # the loader position once this global batch is consumed
+
+
+class TarIndex:
+    """Member offsets of committed tars, so a rank reads only its own samples' bytes."""
+
+    def __init__(self, dataset: Dataset, keep: int = 64):
+        self.dataset, self.keep = dataset, keep
+        self.index: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def members(self, sid: str) -> dict[str, tuple[int, int]]:
+        if sid not in self.index:
+            with self.dataset.storage.open(f"shards/{sid}.tar") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+                self.index[sid] = {m.name: (m.offset_data, m.size) for m in tf}
+            while len(self.index) > self.keep:
+                self.index.pop(next(iter(self.index)))
+        return self.index[sid]
+
+    def read(self, samples: list[PlannedSample]) -> list[bytes]:
+        out: dict[int, bytes] = {}
+        by_shard: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            by_shard.setdefault(s.shard, []).append(i)
+        for sid, idx in by_shard.items():
+            members = self.members(sid)
+            with self.dataset.storage.open(f"shards/{sid}.tar") as f:
+                for i in sorted(idx, key=lambda i: members[f"{samples[i].key}.{samples[i].ext}"][0]):
+                    offset, size = members[f"{samples[i].key}.{samples[i].ext}"]
+                    f.seek(offset)
+                    out[i] = f.read(size)
+        return [out[i] for i in range(len(samples))]
+
+
+def _decode(data: bytes, bucket: tuple[int, int]) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        return resize_to_bucket(image, bucket)
+
+
+class ShardLoader:
+    """Micro-batches for one rank, in plan order, decoded ahead of the step.
+
+    Global batch b of an epoch is split into accum x world micro-batches: accumulation step a on
+    rank r takes samples [(a * world + r) * micro, ... + micro), so ranks read disjoint samples.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int, micro: int, accum: int, rank: int = 0, world: int = 1,
+                 position: LoaderPosition | None = None, sync: Sync | None = None, keys_dir: str | None = None):
+        self.cfg, self.micro, self.accum, self.rank, self.world = cfg, micro, accum, rank, world
+        self.planner = Planner(cfg, seed, micro * accum * world, sync)
+        self.tars = TarIndex(self.planner.dataset)
+        self.position = position or LoaderPosition()
+        self.pool = ThreadPoolExecutor(max(1, cfg.decode_threads), thread_name_prefix="decode")
+        self.wait_s = 0.0  # time the consumer spent blocked on data
+        self.keys_file = None
+        if keys_dir:
+            Path(keys_dir).mkdir(parents=True, exist_ok=True)
+            self.keys_file = open(Path(keys_dir) / f"rank{rank}.tsv", "a")
+
+    @property
+    def stats(self) -> LoaderStats:
+        return self.planner.stats
+
+    def _plan(self) -> Iterator[PlannedBatch]:
+        p = self.position
+        epoch, skip, windows = p.epoch, p.batches, p.windows
+        while True:
+            produced = 0
+            for batch in self.planner.epoch(epoch, windows):
+                produced += 1
+                if batch.index < skip:
+                    continue
+                yield batch
+            if produced == 0 and not windows:
+                raise RuntimeError(
+                    f"no training batch can be formed from {self.cfg.root}: {self.stats.as_dict()} "
+                    f"(global batch {self.planner.global_batch}); is the dataset empty or uncaptioned "
+                    f"for versions {self.cfg.caption_versions}?"
+                )
+            log.debug("epoch %d done (loader totals so far: %s)", epoch, self.stats.as_dict())
+            epoch, skip, windows = epoch + 1, 0, []
+
+    def _micro_batches(self) -> Iterator[tuple[PlannedBatch, int, list[PlannedSample]]]:
+        for batch in self._plan():
+            for a in range(self.accum):
+                start = (a * self.world + self.rank) * self.micro
+                yield batch, a, batch.samples[start : start + self.micro]
+
+    def _load(self, bucket, samples: list[PlannedSample]) -> torch.Tensor:
+        blobs = self.tars.read(samples)
+        return torch.stack(list(self.pool.map(_decode, blobs, [bucket] * len(blobs))))
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        ahead: deque = deque()
+        source = self._micro_batches()
+        io_pool = ThreadPoolExecutor(1, thread_name_prefix="read")
+        try:
+            while True:
+                while len(ahead) < max(1, self.cfg.prefetch):
+                    try:
+                        batch, a, samples = next(source)
+                    except StopIteration:
+                        break
+                    ahead.append((batch, a, samples, io_pool.submit(self._load, batch.bucket, samples)))
+                if not ahead:
+                    return
+                batch, a, samples, future = ahead.popleft()
+                t0 = time.perf_counter()
+                images = future.result()
+                self.wait_s += time.perf_counter() - t0
+                last = a == self.accum - 1
+                position = LoaderPosition(batch.epoch, batch.index + 1, batch.windows)
+                if last:
+                    self.position = position
+                if self.keys_file:
+                    self.keys_file.write(f"{batch.epoch}\t{batch.index}\t{a}\t{','.join(s.key for s in samples)}\n")
+                    self.keys_file.flush()
+                yield MicroBatch(images, [s.caption for s in samples], [s.level for s in samples],
+                                 [s.key for s in samples], batch.bucket, last, position)
+        finally:
+            io_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,81 @@
+"""Images from a trained DiT: sample grids during training and `deepfusion sample` afterwards.
+
+A checkpoint's `ema/` folder (safetensors + config.json) and `inference.json` are everything
+needed: the text encoder, codec and EDM settings are read from there, the weights are the EMA's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec
+from model.config import CodecConfig, EDMConfig, TextEncoderConfig
+
+
+@dataclass
+class Pipeline:
+    dit: DeepFusionDiT
+    encoder: FrozenTextEncoder
+    codec: object
+    edm: EDM
+    resolution: tuple[int, int]  # default (height, width) in pixels
+    device: torch.device
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], steps: int = 32, guidance: float = 3.0,
+                 size: tuple[int, int] | None = None, batch: int = 16) -> torch.Tensor:
+        """One image per (prompt, seed) pair, in [-1, 1], [N, 3, H, W]; deterministic per seed."""
+        h, w = size or self.resolution
+        factor = self.codec.factor
+        shape = (self.codec.channels, h // factor, w // factor)
+        out = []
+        for start in range(0, len(prompts), batch):
+            p, s = prompts[start : start + batch], seeds[start : start + batch]
+            cond, uncond = self.encoder(p), self.encoder([""] * len(p))
+            # each image gets its own generator: the result does not depend on batching
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in s])
+            x = self.edm.sample(self.dit, noise.shape, ([cond.hidden], [cond.mask]), ([uncond.hidden], [uncond.mask]),
+                                steps=steps, guidance=guidance, device=self.device, noise=noise)
+            out.append(self.codec.decode(x).clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+
+def load_pipeline(checkpoint: str | Path, device: str | None = None) -> Pipeline:
+    """From a checkpoint folder (step_XXXXXXXX) or a run dir (its latest checkpoint)."""
+    path = Path(checkpoint)
+    if (path / "checkpoints" / "latest").exists():
+        path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+    if not (path / "inference.json").exists():
+        raise FileNotFoundError(f"{path} is not a deepfusion checkpoint (no inference.json); pass a run dir or "
+                                "a checkpoints/step_* folder")
+    info = json.loads((path / "inference.json").read_text())
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dit = DeepFusionDiT.from_pretrained(str(path / "ema")).to(dev).eval()
+    encoder = FrozenTextEncoder(TextEncoderConfig(**info["text_encoder"]), device=dev)
+    codec = build_codec(CodecConfig(**info["codec"]), device=dev)
+    return Pipeline(dit, encoder, codec, EDM(EDMConfig(**info["edm"])), tuple(info["resolution"]), dev)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+def save_grid(images: torch.Tensor, rows: int, cols: int, path: str | Path, pad: int = 2) -> Path:
+    """Images (row-major) into one PNG grid."""
+    h, w = images.shape[-2:]
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (128, 128, 128))
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(to_pil(image), (pad + c * (w + pad), pad + r * (h + pad)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    grid.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
