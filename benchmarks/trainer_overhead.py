@@ -2,8 +2,8 @@
 
 - ours: `trainer.train.train()` as users run it (streaming loader, frozen LLM + codec, DeepSpeed
   engine, spike guard, EMA, logging), images/s from its own metrics after warm-up.
-- bare: the same text encoder, codec, DiT config and EDM loss with torch.optim.AdamW, one fixed
-  batch already in memory: no loader, no DeepSpeed, no guard, no EMA. The upper bound.
+- bare: the same text encoder, codec, DiT config and EDM loss with torch.optim.AdamW, on the same
+  batches (same captions, so the same text lengths) already in memory: no loader, no DeepSpeed, no guard, no EMA. The upper bound.
 - loader: ShardLoader alone (read + decode + bucket), images/s, against what the step consumes.
 
   python benchmarks/trainer_overhead.py                       # small preset (SmolLM2 + 38M DiT), 64 px
@@ -66,10 +66,10 @@ def main() -> None:
     torch.manual_seed(0)
     dit = DeepFusionDiT(dit=dit_cfg.to_dict()).train()
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.optim.lr)
-    loader = ShardLoader(cfg.data, cfg.seed, cfg.global_batch, 1)
-    batch = next(iter(loader))
+    # the very batches the trainer consumed (same seed, same plan), decoded into memory up front
+    batches = list(itertools.islice(iter(ShardLoader(cfg.data, cfg.seed, cfg.global_batch, 1)), a.steps))
     times = []
-    for i in range(a.steps):
+    for batch in batches:
         t0 = time.perf_counter()
         with torch.no_grad():
             text = encoder(batch.captions)
