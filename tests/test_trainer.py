@@ -4,6 +4,7 @@ DeepSpeed on gloo with one and two ranks, kill -9 and resume, and a learning tes
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -234,3 +235,17 @@ def test_a_tiny_model_learns_the_named_colour(tmp_path, tiny_llm, artifacts_dir)
     found = [dominant_color(to_pil(image)) for image in images]
     accuracy = sum(f == w for f, w in zip(found, wanted)) / len(wanted)
     assert accuracy >= 0.4, list(zip(wanted, found))  # chance is 1/9; P(>= 11 of 27 by chance) < 1e-4
+
+
+def test_zero3_bf16_with_activation_checkpointing_trains_and_resumes(tmp_path, dataset, tiny_llm):
+    run_dir = tmp_path / "run"
+    args = ["checkpoint.every_steps=2", "deepspeed.zero_stage=3", "deepspeed.bf16=true",
+            "deepspeed.activation_checkpointing=true", "sample.from_dataset=0"]
+    first = run(train_cmd(run_dir, dataset, tiny_llm, "steps=3", *args))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(train_cmd(run_dir, dataset, tiny_llm, "steps=4", *args))
+    assert second.returncode == 0 and "resumed from step 3" in second.stderr, second.stderr[-3000:]
+    losses = [m["loss"] for m in read_metrics(run_dir)]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    ema = load_file(str(run_dir / "checkpoints" / "step_00000004" / "ema" / "diffusion_pytorch_model.safetensors"))
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in ema.values())
