@@ -74,7 +74,6 @@ class LoaderStats:
     no_caption: int = 0  # samples skipped: no ok caption row in any chosen version (or no usable level)
     dropped_tail: int = 0  # samples left in unfilled buckets at an epoch's end
     cfg_dropped: int = 0
-    read_errors: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

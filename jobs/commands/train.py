@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +26,9 @@ def _config_path(name: str) -> str:
 def _train(args: argparse.Namespace) -> int:
     config = _config_path(args.config)
     if args.nproc > 1:  # several processes on this machine: torchrun, one rank per process
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        from trainer.train import free_port
+
+        port = free_port()
         env = {**os.environ}
         env.setdefault("OMP_NUM_THREADS", "1")  # else every rank spawns a thread per core (much slower on CPU)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
