@@ -10,7 +10,9 @@ import argparse
 import socket
 from pathlib import Path
 
-NOT_BUILT = ["curate (datapipe)", "caption (captioner)", "train (trainer)", "stats + dashboard (jobs)"]
+NOT_BUILT = ["curate (datapipe)", "caption (captioner)", "stats + dashboard (jobs)"]
+# Built, but the demo does not chain it yet (it needs curated, captioned shards): run by hand.
+NOT_CHAINED = ["train (deepfusion train; see README, Training)"]
 
 
 def _free_port() -> int:
@@ -35,6 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
         ok = sum(requests.get(u, timeout=10).ok for u in urls[:20])
         print(f"[2/2] serving it on {server.url}: {ok}/20 of the first URLs answered 200")
     print("\nnot built yet, so not run: " + ", ".join(NOT_BUILT))
+    print("built but not run by the demo yet: " + ", ".join(NOT_CHAINED))
     print(f"\nartifacts:\n  URL list      {corpus / 'urls.parquet'}\n  ground truth  {corpus / 'ground_truth.parquet'}")
     return 0
 
