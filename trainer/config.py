@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from datapipe.contract.config import apply_overrides, from_dict, load_yaml_config  # noqa: F401
 
 from .guard import SpikeGuardConfig
 
@@ -161,56 +160,5 @@ class TrainConfig:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def from_dict(cls, data: dict, where: str = ""):
-    """Build dataclass `cls` from a dict, recursively; unknown keys are an error naming the path."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[where + k for k in unknown]}; known under "
-                         f"{where or 'the top level'}: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = float(value)  # YAML 1.1 reads 1e-3 as a string
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` strings onto a nested dict; values are parsed as YAML (numbers, lists, true)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
-        path, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = path.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[leaf] = _parse_value(raw)
-    return data
-
-
-def _parse_value(raw: str):
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    data = {}
-    if path:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping")
-    return from_dict(TrainConfig, apply_overrides(data, overrides or []))
+    return load_yaml_config(TrainConfig, path, overrides)

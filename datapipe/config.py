@@ -1,0 +1,145 @@
+"""The curation job's typed configuration (`deepfusion curate --config jobs/configs/curate/*.yaml`).
+
+One section per pipeline stage, in the order rows flow through them:
+    input -> download (img2dataset on Ray) -> decode (validity, modes, size/aspect, resize)
+          -> clip (one embedding per image: CLIP score, aesthetic/NSFW/watermark heads)
+          -> dedup (sha256, perceptual hash, CLIP cosine; across the whole dataset) -> shards
+A threshold left at null records the score without rejecting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datapipe.contract.config import load_yaml_config
+
+
+@dataclass
+class InputConfig:
+    paths: list[str] = field(default_factory=list)  # files, folders or globs; local or fsspec URIs
+    format: str = "auto"  # auto (from the extension) | parquet | csv | tsv | jsonl (each may end in .gz)
+    url_column: str = "URL"
+    caption_column: str | None = "TEXT"  # the source alt text; null when the list has none
+    # Input columns copied into the sample sidecar. "all" = every other column; names that clash
+    # with the contract's columns get a `source_` prefix (WIDTH/HEIGHT stay as declared by the list).
+    extra_columns: list[str] | str = "all"
+    batch_rows: int = 65536  # rows read at a time: inputs are streamed, never loaded whole
+
+
+@dataclass
+class DownloadConfig:
+    threads: int = 32  # per img2dataset shard task
+    timeout_s: float = 10.0  # per connect and per read (urllib's timeout)
+    deadline_s: float = 30.0  # whole download of one image: a server that drips bytes is cut off here
+    max_bytes: int = 50_000_000  # a larger body is abandoned (huge files)
+    retries: int = 1
+    user_agent_token: str = "deepfusion"
+    # X-Robots-Tag directives that mean "do not use": honoured, and the row rejected with reason `opt_out`
+    disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    # "keep": original bytes up to decode.max_side (resized by our decode stage, which decodes
+    # anyway). Any img2dataset mode (keep_ratio, keep_ratio_largest, center_crop, border) makes
+    # img2dataset resize to `image_size` and encode as `encode_format`.
+    resize_mode: str = "keep"
+    image_size: int = 512
+    encode_format: str = "jpg"
+    encode_quality: int | None = None  # null: 95 for jpg/webp, compression level 3 for png
+    task_cpus: float = 1.0  # Ray CPUs per img2dataset shard task
+
+
+@dataclass
+class DecodeConfig:
+    min_side: int = 64  # of the original image; smaller -> reject filter/too_small
+    max_aspect: float = 3.0  # long side / short side; larger -> reject filter/bad_aspect
+    max_pixels: int = 100_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_side: int = 1024  # larger images are downscaled to this long side (resize_mode keep)
+    jpeg_quality: int = 95  # when a JPEG has to be re-encoded (CMYK, EXIF rotation, downscale)
+    phash: bool = True  # perceptual hash for near-duplicate detection
+    phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
+    batch_size: int = 32
+    num_cpus: float = 0.5
+
+
+@dataclass
+class HeadConfig:
+    """A small MLP on the CLIP image embedding (aesthetic, NSFW, watermark), from a local file."""
+
+    weights: str | None = None  # safetensors file (see datapipe/filters/heads.py for the layout)
+    min: float | None = None  # reject below (aesthetic)
+    max: float | None = None  # reject above (nsfw, watermark)
+
+
+@dataclass
+class ClipConfig:
+    enabled: bool = False
+    model: str = "ViT-B-32"  # an open_clip architecture name
+    model_config: str | None = None  # a JSON file defining a custom architecture (registered as `model`)
+    weights: str | None = None  # local checkpoint file; nothing is downloaded
+    allow_random_init: bool = False  # tests only: random weights when `weights` is null
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU)
+    batch_size: int = 32
+    concurrency: int = 1  # embedding actors (one per GPU in production)
+    num_cpus: float = 0.5  # per actor; fractional on small machines or Ray's read/write tasks starve
+    num_gpus: float = 0.0
+    min_score: float | None = None  # CLIP image-text cosine x 100 below this -> reject filter/low_clip_score
+    aesthetic: HeadConfig = field(default_factory=HeadConfig)
+    nsfw: HeadConfig = field(default_factory=HeadConfig)
+    watermark: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class DedupConfig:
+    sha256: bool = True  # byte-identical downloads
+    # Hamming distance <= this between perceptual hashes = near duplicate. Measured on the scenes
+    # corpus with 256-bit hashes: JPEG re-encodes differ by <= 20 bits, distinct images by >= 68.
+    phash_distance: int | None = 32
+    clip_cosine: float | None = None  # cosine >= this between CLIP embeddings = near duplicate
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # null: join the cluster of a submitted job, else start a local one
+    num_cpus: int | None = None  # for a local instance; null = all cores
+
+
+@dataclass
+class CurateConfig:
+    output: str = ""  # the dataset root (local path or fsspec URI)
+    work_dir: str | None = None  # img2dataset's staging area; default <output>/_work (local output only)
+    shard_size: int = 1000  # input rows per shard (samples + rejects)
+    wave_shards: int = 4  # shards downloaded together; the previous wave is filtered meanwhile
+    keep_work: bool = False  # keep img2dataset's output after a shard is committed (debugging)
+    progress: bool = True
+    input: InputConfig = field(default_factory=InputConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self):
+        if self.shard_size < 1 or self.shard_size > 999_999:
+            raise ValueError("shard_size must be in 1..999999 (keys give a row 6 digits)")
+        if self.dedup.clip_cosine is not None and not self.clip.enabled:
+            raise ValueError("dedup.clip_cosine needs clip.enabled: true")
+        for name in ("aesthetic", "nsfw", "watermark"):
+            head = getattr(self.clip, name)
+            if head.weights and not self.clip.enabled:
+                raise ValueError(f"clip.{name}.weights is set but clip.enabled is false")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def plan_hash(self) -> str:
+        """What fixes which input row lands in which shard: a rerun must agree with the first run."""
+        plan = {"input": dataclasses.asdict(self.input), "shard_size": self.shard_size}
+        plan["input"].pop("batch_rows")
+        return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_curate_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CurateConfig:
+    return load_yaml_config(CurateConfig, path, overrides)

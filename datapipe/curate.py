@@ -1,0 +1,244 @@
+"""The curation job: URL lists -> committed WebDataset/Parquet shards with rejects, on Ray.
+
+    input shards --wave of N--> img2dataset (Ray tasks) --> Ray Data: read -> decode -> [CLIP]
+                                                                    --> driver: dedup -> shards
+
+The main thread downloads wave k+1 while a second thread runs wave k through the Ray Data
+stages and commits its shards in order (img2dataset installs a signal handler, so it has to run
+on the main thread). Shards already in the manifest are skipped: a job killed at any point and
+started again with the same command finishes the rest, and a finished job re-run does nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import logging
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from datapipe.contract import Dataset, Manifest, ShardEntry, Storage, utc_now
+from datapipe.contract.shards import read_rejects
+
+from .assemble import ShardAssembler
+from .config import CurateConfig
+from .dedup import DedupIndex
+from .inputs import InputShard, input_files, iter_shards
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("deepfusion", "img2dataset", "ray", "open_clip_torch", "pillow", "imagehash", "pyarrow")
+
+
+class PlanMismatch(ValueError):
+    pass
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _waves(shards: Iterator[InputShard], committed: set[str], size: int) -> Iterator[list[InputShard]]:
+    wave: list[InputShard] = []
+    for shard in shards:
+        if shard.id in committed:
+            continue
+        wave.append(shard)
+        if len(wave) == size:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
+
+
+def init_ray(cfg: CurateConfig) -> None:
+    import ray
+
+    from .download import ray_runtime_env
+
+    if ray.is_initialized():
+        return
+    runtime_env = ray_runtime_env(cfg.download, cfg.decode)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=False)
+        return
+    try:  # inside `ray job submit` the driver joins its cluster
+        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=False)
+        log.info("joined the running Ray cluster")
+    except ConnectionError:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=False)
+        log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def _work_dir(cfg: CurateConfig, storage: Storage) -> Path:
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
+    if "://" in storage.uri and not storage.uri.startswith("file://"):
+        raise ValueError("output is remote: set work_dir to a local folder for img2dataset's staging")
+    return Path(storage.path("_work"))
+
+
+def process_wave(cfg: CurateConfig, wave_dir: Path, wave: list[InputShard], assembler: ShardAssembler) -> None:
+    """Ray Data over one downloaded wave; rows reach the assembler in input order."""
+    import ray.data
+
+    from .download import joined_rows
+    from .filters.decode import DecodeStage
+    from .rows import to_table
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # dedup keeps the first occurrence in input order
+    ctx.enable_progress_bars = False
+    keep = cfg.download.resize_mode == "keep"
+    encode_format = "jpg" if keep else cfg.download.encode_format  # keep: bytes as served, sniffed by decode
+    shards = {s.id: (i, s) for i, s in enumerate(wave)}
+
+    def read(batch):
+        (sid,) = batch["shard"]
+        index, shard = shards[sid]
+        rows = list(joined_rows(wave_dir, index, shard, encode_format))
+        for start in range(0, len(rows), 256):  # bounded blocks
+            yield to_table(rows[start : start + 256])
+
+    clip_size = None
+    if cfg.clip.enabled:
+        from .filters.clip import clip_image_size
+
+        clip_size = clip_image_size(cfg.clip)
+    ds = ray.data.from_items([{"shard": s.id} for s in wave], override_num_blocks=len(wave))
+    ds = ds.map_batches(read, batch_size=1, num_cpus=cfg.decode.num_cpus)
+    ds = ds.map_batches(DecodeStage(cfg.decode, clip_size, resize=keep), batch_size=cfg.decode.batch_size,
+                        batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+    if cfg.clip.enabled:
+        from .filters.clip import ClipStage
+
+        gpus = {"num_gpus": cfg.clip.num_gpus} if cfg.clip.num_gpus else {}
+        ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"cfg": cfg.clip}, batch_size=cfg.clip.batch_size,
+                            batch_format="pyarrow", concurrency=cfg.clip.concurrency, num_cpus=cfg.clip.num_cpus,
+                            **gpus)
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                assembler.add(row)
+        assembler.close()
+    except BaseException:
+        assembler.abort()
+        raise
+
+
+def curate(cfg: CurateConfig) -> dict:
+    if not cfg.output:
+        raise ValueError("output is empty: name the dataset root to write (output=/path/to/dataset)")
+    t0 = time.time()
+    storage = Storage(cfg.output)
+    for folder in ("shards", "rejects"):
+        storage.remove_stale_temporaries(folder)
+    manifest = Manifest.load(storage)
+    plan = cfg.plan_hash()
+    previous = manifest.lineage.get("curate", {}).get("plan_hash")
+    if manifest.shards and previous and previous != plan:
+        raise PlanMismatch(
+            f"{storage.uri} was curated from other input files or another shard_size (plan {previous}, "
+            f"now {plan}); resuming would put rows under different keys. Use a new output root."
+        )
+    files = input_files(cfg.input)
+    lineage = {"curate": {"plan_hash": plan, "inputs": files, "config": cfg.to_dict(), "versions": _versions(),
+                          "started_at": utc_now()}}
+    committed = set(manifest.shard_ids)
+    dataset = Dataset(storage, require_manifest=False)
+    dedup = DedupIndex.from_dataset(cfg.dedup, dataset)
+    work = _work_dir(cfg, storage)
+
+    bar = tqdm(desc="curate", unit="row", disable=not cfg.progress, dynamic_ncols=True)
+    new_entries: list[ShardEntry] = []
+
+    def on_commit(entry: ShardEntry) -> None:
+        new_entries.append(entry)
+        bar.update(entry.samples + entry.rejects)
+        done = sum(e.samples + e.rejects for e in new_entries)
+        bar.set_postfix(shards=len(new_entries), samples=sum(e.samples for e in new_entries),
+                        rate=f"{done / max(time.time() - t0, 1e-9):.0f}/s")
+        log.debug("committed shard %s: %d samples, %d rejects", entry.id, entry.samples, entry.rejects)
+
+    assembler = None
+    pending: concurrent.futures.Future | None = None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="curate-filter") as pool:
+        for number, wave in enumerate(_waves(iter_shards(cfg.input, cfg.shard_size), committed, cfg.wave_shards)):
+            if assembler is None:
+                init_ray(cfg)
+                assembler = ShardAssembler(storage, dedup, {}, lineage, on_commit)
+            assembler.inputs.update({s.id: s.rows.num_rows for s in wave})
+            wave_dir = work / f"wave-{wave[0].id}-{wave[-1].id}"
+            from .download import download_wave
+
+            log.info("wave %d: downloading shards %s..%s", number, wave[0].id, wave[-1].id)
+            download_wave(wave_dir, wave, cfg.download, cfg.decode, cfg.shard_size)
+            if pending is not None:
+                pending.result()  # keep shard commits in order: one wave filtered at a time
+            pending = pool.submit(_filter_and_commit, cfg, wave_dir, wave, assembler)
+        if pending is not None:
+            pending.result()
+    bar.close()
+    if not cfg.keep_work and work.exists():
+        shutil.rmtree(work, ignore_errors=True)
+    summary = _summary(storage, new_entries, assembler.counts if assembler else collections.Counter(), time.time() - t0)
+    _write_run_log(storage, summary)
+    return summary
+
+
+def _filter_and_commit(cfg: CurateConfig, wave_dir: Path, wave: list[InputShard], assembler: ShardAssembler) -> None:
+    process_wave(cfg, wave_dir, wave, assembler)
+    if not cfg.keep_work:
+        shutil.rmtree(wave_dir, ignore_errors=True)
+
+
+def _summary(storage: Storage, new: list[ShardEntry], counts: collections.Counter, seconds: float) -> dict:
+    manifest = Manifest.load(storage)
+    rejects: collections.Counter = collections.Counter()
+    for entry in manifest.shards:  # totals over the whole dataset, not only this run
+        table = read_rejects(storage, entry)
+        for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):
+            rejects[f"{stage}/{reason}"] += 1
+    inputs = sum(e.samples + e.rejects for e in manifest.shards)
+    this_run = sum(e.samples + e.rejects for e in new)
+    return {
+        "output": storage.uri,
+        "finished_at": utc_now(),
+        "seconds": round(seconds, 1),
+        "this_run": {"shards": len(new), "inputs": this_run, "samples": sum(e.samples for e in new),
+                     "rejects": {k: v for k, v in sorted(counts.items()) if k != "sample"},
+                     "inputs_per_s": round(this_run / seconds, 1) if seconds > 0 else None},
+        "dataset": {"shards": len(manifest.shards), "inputs": inputs, "samples": manifest.samples,
+                    "rejects": manifest.rejects, "rejects_by_reason": dict(sorted(rejects.items()))},
+    }
+
+
+def _write_run_log(storage: Storage, summary: dict) -> None:
+    name = "logs/curate-" + summary["finished_at"].replace(":", "").replace("+0000", "Z") + ".json"
+    storage.write_atomic(name, (json.dumps(summary, indent=1) + "\n").encode())
+
+
+def format_summary(summary: dict) -> str:
+    run, ds = summary["this_run"], summary["dataset"]
+    lines = [
+        f"curated {summary['output']} in {summary['seconds']} s",
+        f"  this run: {run['shards']} shard(s), {run['inputs']} input rows -> {run['samples']} samples "
+        f"({run['inputs_per_s']} rows/s)",
+        f"  dataset:  {ds['shards']} shard(s), {ds['inputs']} input rows = {ds['samples']} samples + {ds['rejects']} rejects",
+    ]
+    for reason, n in ds["rejects_by_reason"].items():
+        lines.append(f"    reject {reason:32s} {n}")
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Download stage: img2dataset with its Ray distributor, one img2dataset shard per dataset shard.
+
+We do not download anything ourselves. For each wave of shards we write one small parquet per
+shard (url + our row key), call `img2dataset.download(distributor="ray")`, and join its per-shard
+parquet (status, error) and tar (image bytes) back to our input rows by key, so every input row
+comes back as an image or as a reject with a reason, even one img2dataset lost.
+
+Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
+- no total time limit per image (a server that drips bytes holds a thread for minutes) and no
+  size limit: `download_image` is replaced in every Ray worker (Ray's worker_process_setup_hook)
+  by a version with a deadline and a byte cap; the rest (user agent, X-Robots-Tag) is unchanged;
+- `incremental_mode="overwrite"` deletes its own temp folder: we use "incremental", which also
+  resumes a wave killed half way;
+- its Ray tasks ask for 1 CPU each: `task_cpus` sets that in the driver;
+- default resize mode "keep" disables its re-encoding (our decode stage decodes once, with PIL,
+  which handles EXIF rotation, CMYK and 16-bit images that OpenCV's IMREAD_UNCHANGED does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import DecodeConfig, DownloadConfig
+from .inputs import InputShard
+from .rows import reject
+
+log = logging.getLogger(__name__)
+
+DEADLINE_ENV = "DEEPFUSION_DOWNLOAD_DEADLINE_S"
+MAX_BYTES_ENV = "DEEPFUSION_DOWNLOAD_MAX_BYTES"
+OPT_OUT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
+USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+
+
+# -- the download_image replacement ------------------------------------------------------------
+def download_image(row, timeout, user_agent_token, disallowed_header_directives):
+    """img2dataset's download_image (same signature and results) plus a deadline and a byte cap."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    deadline = time.monotonic() + float(os.environ.get(DEADLINE_ENV, "30"))
+    max_bytes = int(os.environ.get(MAX_BYTES_ENV, "50000000"))
+    agent = USER_AGENT + (f" (compatible; {user_agent_token}; +https://github.com/deepfusion)" if user_agent_token else "")
+    try:
+        request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            if disallowed_header_directives and is_disallowed(r.headers, user_agent_token, disallowed_header_directives):
+                return key, None, OPT_OUT_MESSAGE
+            declared = r.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                return key, None, f"body of {declared} bytes is larger than the {max_bytes} byte limit"
+            body = io.BytesIO()
+            while chunk := r.read(1 << 16):
+                body.write(chunk)
+                if body.tell() > max_bytes:
+                    return key, None, f"body is larger than the {max_bytes} byte limit"
+                if time.monotonic() > deadline:
+                    return key, None, f"download deadline exceeded ({body.tell()} bytes received)"
+            if declared and declared.isdigit() and body.tell() < int(declared):
+                return key, None, f"IncompleteRead: {body.tell()} of {declared} bytes"
+        body.seek(0)
+        return key, body, None
+    except Exception as err:  # noqa: BLE001 - img2dataset records the message as the row's error
+        return key, None, str(err) or type(err).__name__
+
+
+def install_download_patch() -> None:
+    """Ray's worker_process_setup_hook: every worker downloads through `download_image` above."""
+    import img2dataset.downloader
+
+    img2dataset.downloader.download_image = download_image
+
+
+def ray_runtime_env(cfg: DownloadConfig, decode: DecodeConfig) -> dict:
+    return {
+        "worker_process_setup_hook": "datapipe.download.install_download_patch",
+        "env_vars": {DEADLINE_ENV: str(cfg.deadline_s), MAX_BYTES_ENV: str(cfg.max_bytes),
+                     # OpenCV (img2dataset's resize modes) refuses larger images before allocating them
+                     "OPENCV_IO_MAX_IMAGE_PIXELS": str(decode.max_pixels)},
+    }
+
+
+@contextlib.contextmanager
+def _stdout_to(path: Path):
+    """Point file descriptor 1 at `path` (child processes inherit it), then restore it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+_ray_download = None  # img2dataset's own remote function, before we set its CPU request
+
+
+# -- one wave -----------------------------------------------------------------------------------
+def download_wave(wave_dir: Path, shards: list[InputShard], cfg: DownloadConfig, decode: DecodeConfig,
+                  shard_size: int) -> None:
+    """img2dataset over `shards` into wave_dir/download; a killed wave resumes where it stopped."""
+    import img2dataset
+    import img2dataset.distributor as distributor
+
+    inputs = wave_dir / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for shard in shards:  # one file per shard, named so sorted order == img2dataset's shard order
+        target = inputs / f"{shard.id}.parquet"
+        if not target.exists():
+            table = pa.table({"url": shard.rows.column("url"), "row_key": shard.rows.column("key")})
+            pq.write_table(table, str(target) + ".tmp")
+            os.replace(str(target) + ".tmp", target)
+    global _ray_download
+    if _ray_download is None:
+        _ray_download = distributor.ray_download
+    distributor.ray_download = _ray_download.options(num_cpus=cfg.task_cpus)
+    keep = cfg.resize_mode == "keep"
+    with _stdout_to(wave_dir / "img2dataset.log"):  # its prints (and its logger process's) go to a file
+        _img2dataset(img2dataset, inputs, wave_dir, shards, cfg, decode, shard_size, keep)
+
+
+def _img2dataset(img2dataset, inputs: Path, wave_dir: Path, shards: list[InputShard], cfg: DownloadConfig,
+                 decode: DecodeConfig, shard_size: int, keep: bool) -> None:
+    img2dataset.download(
+        url_list=str(inputs),
+        input_format="parquet",
+        url_col="url",
+        caption_col=None,
+        save_additional_columns=["row_key"],
+        output_folder=str(wave_dir / "download"),
+        output_format="webdataset",
+        number_sample_per_shard=shard_size,
+        distributor="ray",
+        processes_count=len(shards),
+        thread_count=cfg.threads,
+        timeout=cfg.timeout_s,
+        retries=cfg.retries,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=list(cfg.disallowed_header_directives),
+        compute_hash="sha256",
+        extract_exif=False,
+        incremental_mode="incremental",
+        enable_wandb=False,
+        disable_all_reencoding=keep,
+        resize_mode="no" if keep else cfg.resize_mode,
+        image_size=cfg.image_size,
+        resize_only_if_bigger=True,
+        encode_format=cfg.encode_format,
+        encode_quality=cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95),
+        skip_reencode=True,
+        # in resize modes img2dataset decodes: it applies the same limits before resizing
+        min_image_size=decode.min_side,
+        max_aspect_ratio=decode.max_aspect,
+        max_image_area=decode.max_pixels,
+    )
+
+
+# -- joining img2dataset's output back to the input rows ---------------------------------------
+_HTTP = re.compile(r"HTTP Error (\d{3})")
+
+
+def classify_error(message: str) -> tuple[str, str]:
+    """img2dataset's error message -> (reject stage, machine-friendly reason)."""
+    m = message.lower()
+    if message == OPT_OUT_MESSAGE:
+        return "download", "opt_out"
+    if "redirect" in m and "infinite loop" in m:
+        return "download", "redirect_loop"
+    if match := _HTTP.search(message):
+        return "download", f"http_{match.group(1)}"
+    if "deadline exceeded" in m:
+        return "download", "too_slow"
+    if "incompleteread" in m or "incomplete read" in m:
+        return "download", "truncated"
+    if "timed out" in m:
+        return "download", "timeout"
+    if "byte limit" in m:
+        return "download", "too_large"
+    if "connection refused" in m or "name or service not known" in m or "urlopen error" in m:
+        return "download", "unreachable"
+    # the resizer's messages (img2dataset resize modes only)
+    if m == "image too small":
+        return "filter", "too_small"
+    if m == "aspect ratio too large":
+        return "filter", "bad_aspect"
+    if m == "image area too large":
+        return "decode", "decompression_bomb"
+    if "decoding error" in m:
+        return "decode", "undecodable"
+    return "download", "error"
+
+
+def _downloaded_shard(download_dir: Path, index: int) -> tuple[dict[str, dict], dict[str, bytes]]:
+    """img2dataset shard `index`: results by our row key, and image bytes by our row key."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    name = f"{index:05d}"
+    parquet = download_dir / f"{name}.parquet"
+    if not parquet.exists():
+        return {}, {}
+    results = {r["row_key"]: r for r in pq.read_table(parquet).to_pylist()}
+    by_i2d_key = {r["key"]: k for k, r in results.items()}
+    images: dict[str, bytes] = {}
+    tar = download_dir / f"{name}.tar"
+    if tar.exists():
+        with open(tar, "rb") as f:
+            files = ({**x, "__url__": None} for x in tar_file_iterator(f))
+            for group in group_by_keys(files):
+                ext = next((e for e in ("jpg", "png", "webp") if e in group), None)
+                row_key = by_i2d_key.get(group["__key__"])
+                if ext and row_key:
+                    images[row_key] = group[ext]
+    return results, images
+
+
+def joined_rows(wave_dir: Path, index: int, shard: InputShard, encode_format: str) -> Iterator[dict[str, Any]]:
+    """One row per input row of `shard`, in input order: the downloaded image or a reject."""
+    results, images = _downloaded_shard(wave_dir / "download", index)
+    for inp in shard.rows.to_pylist():
+        row: dict[str, Any] = {**inp, "shard": shard.id}
+        result = results.get(inp["key"])
+        if result is None:
+            yield reject(row, "download", "not_attempted", "img2dataset returned no result for this row")
+        elif result["status"] != "success":
+            stage, reason = classify_error(result["error_message"] or "")
+            yield reject(row, stage, reason, result["error_message"])
+        elif inp["key"] not in images:
+            yield reject(row, "download", "lost", "img2dataset reported success but wrote no image")
+        else:
+            row.update(image=images[inp["key"]], ext=encode_format, source_sha256=result.get("sha256"),
+                       original_width=result.get("original_width"), original_height=result.get("original_height"))
+            yield row

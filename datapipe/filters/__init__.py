@@ -1,0 +1,1 @@
+"""Curation filter stages over ROW_SCHEMA batches: decode (validity, modes, size) and CLIP (scores, heads)."""

@@ -1,0 +1,124 @@
+"""Decode stage: the one place an image is decoded. Validity, mode normalisation, size filters.
+
+For each downloaded row: read the header (decompression-bomb guard before any pixel is decoded),
+decode, apply EXIF orientation, normalise to 8-bit RGB (CMYK, 16-bit, palette, alpha over white,
+first frame of an animation), reject too small / too elongated originals, downscale past
+`max_side`, and keep the original bytes whenever none of that changed a pixel. While the pixels are
+at hand it also computes the perceptual hash and the CLIP-sized copy the embedding stage needs,
+so no later stage decodes again.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..config import DecodeConfig
+from ..rows import live, reject, to_table
+
+STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency is composited over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def clip_view(img: Image.Image, size: int) -> bytes:
+    """CLIP's own preprocessing geometry: shortest side to `size` (bicubic), centre crop."""
+    w, h = img.size
+    scale = size / min(w, h)
+    resized = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size)).tobytes()
+
+
+class DecodeStage:
+    """Ray Data map_batches function over ROW_SCHEMA tables."""
+
+    def __init__(self, cfg: DecodeConfig, clip_size: int | None = None, resize: bool = True):
+        self.cfg = cfg
+        self.clip_size = clip_size
+        self.resize = resize  # resize_mode keep: our stage enforces max_side
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels  # PIL's own guard at the same limit
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return to_table([self.decode(r) if live(r) else r for r in batch.to_pylist()])
+
+    def decode(self, row: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        data = row["image"]
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            return reject(row, "decode", "decompression_bomb", str(e))
+        except UnidentifiedImageError:
+            return reject(row, "decode", "not_an_image", f"{len(data)} bytes that no image decoder recognises "
+                          f"(starts with {data[:16]!r})")
+        except (OSError, SyntaxError, ValueError) as e:
+            return reject(row, "decode", "corrupt", str(e))
+        w, h = img.size
+        if w * h > cfg.max_pixels:
+            return reject(row, "decode", "decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}")
+        fmt = img.format
+        try:
+            img.load()  # the first frame of an animation
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
+            return reject(row, "decode", reason, str(e))
+        oriented = ImageOps.exif_transpose(img)
+        changed = _has_rotation(img)
+        rgb = to_rgb(oriented)
+        changed = changed or rgb is not oriented or fmt not in STORED_FORMATS or getattr(img, "is_animated", False)
+
+        ow = row["original_width"] or rgb.width  # img2dataset resize modes report the original size
+        oh = row["original_height"] or rgb.height
+        if min(ow, oh) < cfg.min_side:
+            return reject(row, "filter", "too_small", f"{ow}x{oh}: shortest side < min_side {cfg.min_side}")
+        if max(ow, oh) / min(ow, oh) > cfg.max_aspect:
+            return reject(row, "filter", "bad_aspect", f"{ow}x{oh}: aspect {max(ow, oh) / min(ow, oh):.2f} > {cfg.max_aspect}")
+        if self.resize and max(rgb.size) > cfg.max_side:
+            scale = cfg.max_side / max(rgb.size)
+            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
+            changed = True
+
+        if changed:
+            ext = "jpg" if fmt == "JPEG" else "png"  # lossy stays lossy; everything else lossless
+            buf = io.BytesIO()
+            rgb.save(buf, "JPEG", quality=cfg.jpeg_quality) if ext == "jpg" else rgb.save(buf, "PNG")
+            row["image"] = buf.getvalue()
+        else:
+            ext = STORED_FORMATS[fmt]
+        row.update(ext=ext, width=rgb.width, height=rgb.height, original_width=ow, original_height=oh)
+        if cfg.phash:
+            import imagehash
+
+            row["phash"] = str(imagehash.phash(rgb, hash_size=cfg.phash_size))
+        if self.clip_size:
+            row["clip_pixels"] = clip_view(rgb, self.clip_size)
+        return row
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
+        return False

@@ -1,0 +1,263 @@
+"""The curation job end to end: real Ray, real img2dataset, the fault-injecting server on loopback.
+
+Every input row is checked against the corpus's ground truth: it must end as a sample or as a
+reject of the stage the fault catalogue names, exactly once, also after kill -9 and resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import ROOT, deepfusion_cmd, free_port
+from datapipe.contract import Dataset, verify_dataset
+from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+
+pytestmark = pytest.mark.slow
+
+# Short timeouts: the server's "timeout" fault hangs for 20 s, its slow body drips for minutes.
+FAST = ["download.timeout_s=2", "download.deadline_s=3", "download.retries=0", "download.threads=16",
+        "decode.max_side=512", "progress=false"]
+
+
+def served_corpus(folder: Path, **cfg) -> tuple[Path, ScenesServer]:
+    port = free_port()
+    make_corpus(folder, CorpusConfig(base_url=f"http://127.0.0.1:{port}", **cfg), progress=False)
+    return folder, ScenesServer(folder, port=port, hang_seconds=20, drip_interval=0.25).start()
+
+
+def expected_outcomes(corpus: Path, shard_size: int) -> dict[str, dict]:
+    truth = pq.read_table(corpus / "ground_truth.parquet").to_pylist()
+    return {f"{t['row'] // shard_size:06d}{t['row'] % shard_size:06d}": t for t in truth}
+
+
+def outcomes(root: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    ds = Dataset(str(root))
+    samples, rejects = {}, {}
+    for shard in ds.shards:
+        for row in ds.sidecar(shard.id).to_pylist():
+            assert row["key"] not in samples, f"duplicate sample key {row['key']}"
+            samples[row["key"]] = row
+        for row in ds.rejects(shard.id).to_pylist():
+            assert row["key"] not in rejects and row["key"] not in samples, f"key {row['key']} twice"
+            rejects[row["key"]] = row
+    return samples, rejects
+
+
+def check_against_truth(root: Path, corpus: Path, shard_size: int) -> tuple[dict, dict]:
+    expect = expected_outcomes(corpus, shard_size)
+    samples, rejects = outcomes(root)
+    assert set(samples) | set(rejects) == set(expect), "every input row is a sample or a reject"
+    wrong = []
+    for key, t in expect.items():
+        got = "sample" if key in samples else rejects[key]["stage"]
+        if got != t["expect"]:
+            wrong.append((key, t["kind"], t["fault"], t["expect"], got, rejects.get(key, {}).get("reason")))
+    assert not wrong, f"rows with the wrong outcome: {wrong}"
+    return samples, rejects
+
+
+def run_cli(corpus: Path, root: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [*deepfusion_cmd(), "curate", f"input.paths=[{corpus / 'urls.parquet'}]", f"output={root}", *FAST, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_every_fault_is_accounted_for_and_a_rerun_is_a_no_op(tmp_path, artifacts_dir):
+    corpus, server = served_corpus(tmp_path / "corpus", n=120, seed=1, faults=0.4, duplicates=0.06,
+                                   near_duplicates=0.06)
+    try:
+        root = tmp_path / "ds"
+        proc = run_cli(corpus, root, "shard_size=30", "wave_shards=2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        samples, rejects = check_against_truth(root, corpus, 30)
+    finally:
+        server.stop()
+    (artifacts_dir / "curate_summary.txt").write_text(proc.stdout)
+    assert "120 input rows" in proc.stdout and "reject download/opt_out" in proc.stdout
+    truth = expected_outcomes(corpus, 30)
+    # reasons, not only stages
+    reasons = {truth[k]["fault"]: r["reason"] for k, r in rejects.items() if truth[k]["kind"] == "fault"}
+    assert reasons["http_404"] == "http_404" and reasons["noai"] == "opt_out"
+    assert reasons["slow_body"] == "too_slow" and reasons["truncated"] == "truncated"
+    assert reasons["bomb"] == "decompression_bomb" and reasons["tiny"] == "too_small"
+    assert reasons["extreme_aspect"] == "bad_aspect" and reasons["html"] == "not_an_image"
+    for key, r in rejects.items():  # a duplicate names the kept sample it duplicates
+        if truth[key]["kind"] in ("duplicate", "near_duplicate"):
+            original = truth[key]["duplicate_of"]
+            assert r["detail"].endswith(f"{original // 30:06d}{original % 30:06d}"), r
+    # carried columns, normalised images
+    ds = Dataset(str(root))
+    for shard in ds.shards:
+        for sample in ds.samples(shard.id):
+            meta = samples[sample.key]
+            assert meta["scene_id"] == truth[sample.key]["scene_id"] and meta["caption"] == truth[sample.key]["alt"]
+            img = Image.open(io.BytesIO(sample.image))
+            assert img.mode == "RGB" and img.size == (meta["width"], meta["height"]) and max(img.size) <= 512
+    report = verify_dataset(str(root))
+    assert report.ok, report.problems
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["lineage"]["curate"]["inputs"] == [str(corpus / "urls.parquet")]
+    assert not (root / "_work").exists()
+
+    # the same command again: nothing to do, nothing changes
+    before = (root / "manifest.json").read_bytes()
+    proc = run_cli(corpus, root, "shard_size=30", "wave_shards=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "this run: 0 shard(s)" in proc.stdout
+    assert json.loads((root / "manifest.json").read_bytes())["shards"] == json.loads(before)["shards"]
+    # another shard size would put rows under other keys: refused
+    proc = run_cli(corpus, root, "shard_size=20")
+    assert proc.returncode == 1 and "another shard_size" in proc.stderr
+
+
+def _curate_process(corpus: Path, root: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
+           f"output={root}", *FAST, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _committed(root: Path) -> int:
+    try:
+        return len(json.loads((root / "manifest.json").read_text())["shards"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _kill_when(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the job ended before the kill point:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "kill point never reached"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
+    corpus, server = served_corpus(tmp_path / "corpus", n=160, seed=2, faults=0.1, duplicates=0.1,
+                                   near_duplicates=0.05,
+                                   fault_names=["http_404", "html", "cmyk", "exif_rotate", "tiny", "noai"])
+    root = tmp_path / "ds"
+    extra = ("shard_size=20", "wave_shards=2")
+    try:
+        # 1: killed while img2dataset downloads the first wave (nothing committed yet)
+        proc = _curate_process(corpus, root, *extra)
+        _kill_when(proc, lambda: any((root / "_work").glob("*/download/*.tar")))
+        assert _committed(root) == 0
+        # 2: killed just after the first commit (mid-wave: the wave's second shard is pending)
+        proc = _curate_process(corpus, root, *extra)
+        _kill_when(proc, lambda: _committed(root) >= 1)
+        # 3: killed later, in another wave
+        first = _committed(root)
+        proc = _curate_process(corpus, root, *extra)
+        _kill_when(proc, lambda: _committed(root) >= first + 3)
+        assert _committed(root) < 8, "the job should not have finished before the last kill"
+        # 4: runs to the end
+        proc = _curate_process(corpus, root, *extra)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+        samples, rejects = check_against_truth(root, corpus, 20)
+    finally:
+        server.stop()
+    assert _committed(root) == 8 and len(samples) + len(rejects) == 160
+    assert verify_dataset(str(root)).ok
+    # and the result is the one an uninterrupted run gives
+    clean = tmp_path / "clean"
+    server = ScenesServer(corpus, port=int(server.port), hang_seconds=20).start()
+    try:
+        proc = _curate_process(corpus, clean, *extra)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        server.stop()
+    clean_samples, clean_rejects = outcomes(clean)
+    assert sorted(clean_samples) == sorted(samples)
+    assert {k: (r["stage"], r["reason"]) for k, r in clean_rejects.items()} == \
+        {k: (r["stage"], r["reason"]) for k, r in rejects.items()}
+    assert {k: s["sha256"] for k, s in clean_samples.items()} == {k: s["sha256"] for k, s in samples.items()}
+
+
+def test_clip_filters_and_dedup_across_shards_with_an_img2dataset_resize_mode(tmp_path):
+    from test_datapipe_stages import tiny_clip_files
+
+    models = tiny_clip_files(tmp_path)
+    corpus, server = served_corpus(tmp_path / "corpus", n=90, seed=3, duplicates=0.3, near_duplicates=0.15,
+                                   faults=0.1, fault_names=["tiny", "cmyk", "large"])
+    root = tmp_path / "ds"
+    clip = ["clip.enabled=true", "clip.model=tiny-clip", f"clip.model_config={models / 'tiny-clip.json'}",
+            "clip.allow_random_init=true", "clip.batch_size=8",
+            f"clip.aesthetic.weights={models / 'aesthetic.safetensors'}",
+            f"clip.nsfw.weights={models / 'nsfw.safetensors'}",
+            f"clip.watermark.weights={models / 'watermark.safetensors'}"]
+    try:
+        proc = run_cli(corpus, root, "shard_size=10", "wave_shards=3", "download.resize_mode=keep_ratio_largest",
+                       "download.image_size=96", "download.encode_format=png", *clip)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        samples, rejects = check_against_truth(root, corpus, 10)
+    finally:
+        server.stop()
+    truth = expected_outcomes(corpus, 10)
+    across = [k for k, r in rejects.items() if r["stage"] == "dedup" and r["detail"][-12:-6] != k[:6]]
+    assert len([r for r in rejects.values() if r["stage"] == "dedup"]) == \
+        len([t for t in truth.values() if t["kind"] in ("duplicate", "near_duplicate")]) > 30
+    assert len(across) >= 10, "duplicates are found in earlier shards, not only in their own"
+    for key, s in samples.items():
+        assert max(s["width"], s["height"]) <= 96  # img2dataset resized
+        assert s["original_width"] == truth[key]["width"] or truth[key]["fault"] == "large"
+        for col in ("aesthetic", "nsfw", "watermark"):
+            assert s[col] is not None, col  # stored although no threshold was set
+        assert (s["clip_score"] is not None) == bool(s["caption"])  # image-text score needs a text
+        assert len(s["clip_embedding"]) == 32 * 2
+    tiny = [r for k, r in rejects.items() if truth[k]["fault"] == "tiny"]
+    assert tiny and all(r["reason"] == "too_small" for r in tiny)  # img2dataset's message, mapped
+
+
+def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
+    """`ray start --head` on 127.0.0.1, `ray job submit --working-dir .`, result checked on disk;
+    only the cluster this test started is stopped (its process group), never `ray stop`."""
+    corpus, server = served_corpus(tmp_path / "corpus", n=40, seed=4, faults=0.1, fault_names=["http_404", "html"])
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    temp = Path("/tmp") / f"ray-test-{gcs}"  # short: Ray's socket paths have a length limit
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}", "--include-dashboard=true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    root = tmp_path / "ds"
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 120
+        while subprocess.run([ray_bin, "job", "list", "--address", address], env=env, capture_output=True).returncode:
+            assert head.poll() is None, head.stdout.read()
+            assert time.time() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+        submit = subprocess.run(
+            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
+             f"output={root}", "shard_size=20", *FAST],
+            env=env, capture_output=True, text=True, timeout=400)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        assert "joined the running Ray cluster" in submit.stdout + submit.stderr
+        assert "succeeded" in submit.stdout
+        check_against_truth(root, corpus, 20)
+    finally:
+        server.stop()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+    assert head.poll() is not None

@@ -1,0 +1,243 @@
+"""datapipe stages one by one, without Ray: inputs, the download patch, decode, CLIP + heads, dedup."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, HeadConfig, InputConfig
+from datapipe.dedup import DedupIndex
+from datapipe.download import classify_error, download_image
+from datapipe.filters.decode import DecodeStage
+from datapipe.inputs import iter_shards
+from datapipe.rows import ROW_SCHEMA, to_table
+from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+from datapipe.scenes import variants
+from datapipe.scenes.graph import generate_scene
+from datapipe.scenes.render import render
+
+ROWS = [{"URL": f"http://h/{i}.png", "TEXT": f"caption {i}", "WIDTH": 64 + i, "HEIGHT": 64, "key": f"k{i}"}
+        for i in range(23)]
+
+
+def _write(path, fmt, rows):
+    table = pa.Table.from_pylist(rows)
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt in ("csv", "tsv"):
+        pa_csv.write_csv(table, path, pa_csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ","))
+    elif fmt == "jsonl.gz":
+        with gzip.open(path, "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "jsonl.gz"])
+def test_inputs_stream_into_a_stable_shard_plan(tmp_path, fmt):
+    # the list split over two files: shards span file boundaries, keys follow input order
+    _write(tmp_path / f"a.{fmt}", fmt, ROWS[:10])
+    _write(tmp_path / f"b.{fmt}", fmt, ROWS[10:])
+    cfg = InputConfig(paths=[str(tmp_path)], batch_rows=4)
+    shards = list(iter_shards(cfg, shard_size=7))
+    assert [s.rows.num_rows for s in shards] == [7, 7, 7, 2]
+    rows = [r for s in shards for r in s.rows.to_pylist()]
+    assert [r["url"] for r in rows] == [r["URL"] for r in ROWS]
+    assert [r["caption"] for r in rows] == [r["TEXT"] for r in ROWS]
+    assert [r["key"] for r in rows][:8] == [f"000000{i:06d}" for i in range(7)] + ["000001000000"]
+    extra = json.loads(rows[3]["extra"])
+    assert int(extra["WIDTH"]) == 67 and extra["source_key"] == "k3"  # a clashing name is prefixed
+    # the plan does not depend on how the files are read
+    again = list(iter_shards(InputConfig(paths=[str(tmp_path / "*")], batch_rows=1000), shard_size=7))
+    assert [s.rows.to_pylist() for s in again] == [s.rows.to_pylist() for s in shards]
+
+
+def test_inputs_column_mapping_and_clear_errors(tmp_path):
+    _write(tmp_path / "l.parquet", "parquet", [{"link": "http://x/1.png", "alt": "a", "junk": 1}])
+    cfg = InputConfig(paths=[str(tmp_path / "l.parquet")], url_column="link", caption_column="alt", extra_columns=[])
+    (shard,) = iter_shards(cfg, 10)
+    assert shard.rows.to_pylist()[0] | {"extra": None} == {"key": "000000000000", "url": "http://x/1.png",
+                                                           "caption": "a", "extra": None}
+    with pytest.raises(ValueError, match="no URL column 'URL'"):
+        list(iter_shards(InputConfig(paths=[str(tmp_path / "l.parquet")]), 10))
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        list(iter_shards(InputConfig(paths=[str(tmp_path / "missing.parquet")]), 10))
+
+
+def test_error_messages_map_to_reasons():
+    assert classify_error("HTTP Error 404: Not Found") == ("download", "http_404")
+    assert classify_error("Use of image disallowed by X-Robots-Tag directive") == ("download", "opt_out")
+    assert classify_error("The read operation timed out") == ("download", "timeout")
+    assert classify_error("download deadline exceeded (640 bytes received)") == ("download", "too_slow")
+    assert classify_error("image too small") == ("filter", "too_small")
+    assert classify_error("something new") == ("download", "error")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ):
+    from conftest import free_port
+
+    port = free_port()
+    folder = tmp_path_factory.mktemp("corpus")
+    make_corpus(folder, CorpusConfig(n=4, base_url=f"http://127.0.0.1:{port}"), progress=False)
+    import pyarrow.parquet as pq_
+
+    scene = pq_.read_table(folder / "ground_truth.parquet").column("scene_id")[0].as_py()
+    with ScenesServer(folder, port=port, hang_seconds=20, drip_interval=0.2) as s:
+        yield s.url, scene
+
+
+def test_download_patch_cuts_slow_bodies_and_honours_opt_out(server, monkeypatch):
+    url, scene = server
+    monkeypatch.setenv("DEEPFUSION_DOWNLOAD_DEADLINE_S", "1.5")
+    _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert err is None and body.read().startswith(b"\x89PNG")
+    _, body, err = download_image((0, f"{url}/fault/slow_body/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert body is None and classify_error(err) == ("download", "too_slow")
+    _, body, err = download_image((0, f"{url}/fault/truncated/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert body is None and classify_error(err) == ("download", "truncated")
+    _, body, err = download_image((0, f"{url}/fault/noai/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert body is None and classify_error(err) == ("download", "opt_out")
+    monkeypatch.setenv("DEEPFUSION_DOWNLOAD_MAX_BYTES", "100")
+    _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert body is None and classify_error(err) == ("download", "too_large")
+
+
+def _row(image: bytes, key="000000000000", **kw):
+    return {"key": key, "shard": "000000", "url": "u", "caption": "c", "extra": "{}", "image": image, **kw}
+
+
+def _decode(images: dict[str, bytes], cfg=DecodeConfig(min_side=64, max_aspect=3.0, max_side=512), clip_size=None):
+    table = to_table([_row(img, key=f"{i:012d}") for i, img in enumerate(images.values())])
+    out = DecodeStage(cfg, clip_size=clip_size)(table)
+    assert out.schema == ROW_SCHEMA
+    return dict(zip(images, out.to_pylist()))
+
+
+@pytest.fixture(scope="module")
+def scene_image():
+    return render(generate_scene("s", seed=3, size=(160, 96), text_probability=0.0))
+
+
+def _close(a: Image.Image, b: Image.Image, tol: float) -> bool:
+    b = b.resize(a.size, Image.BILINEAR)
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean()) < tol
+
+
+def test_decode_normalises_every_mode_to_rgb(scene_image):
+    encodings = {name: variants.ENCODINGS[name][0](scene_image) for name in
+                 ("png", "cmyk", "gray16", "palette", "alpha", "animated", "exif_rotate", "large")}
+    encodings["webp"] = variants._save(scene_image, "WEBP", lossless=True)
+    out = _decode(encodings, clip_size=32)
+    for name, row in out.items():
+        assert row["reject_stage"] is None, (name, row["reject_reason"], row["reject_detail"])
+        img = Image.open(io.BytesIO(row["image"]))
+        assert img.mode == "RGB" and img.size == (row["width"], row["height"]), name
+        assert {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[row["ext"]] == img.format, name
+        reference = scene_image.convert("L").convert("RGB") if name == "gray16" else scene_image
+        assert _close(img, reference, 12.0), name  # upright, right colours
+        assert len(row["clip_pixels"]) == 32 * 32 * 3 and len(row["phash"]) == 64
+    assert out["png"]["image"] == encodings["png"]  # nothing to change: original bytes kept
+    assert out["exif_rotate"]["image"] != encodings["exif_rotate"]  # turned upright, re-encoded
+    assert (out["exif_rotate"]["width"], out["exif_rotate"]["height"]) == (160, 96)
+    assert (out["large"]["width"], out["large"]["height"]) == (512, 307)  # downscaled to max_side
+    assert (out["large"]["original_width"], out["large"]["original_height"]) == (2048, 1229)
+    assert out["animated"]["ext"] == "png"  # GIF is not a stored format
+
+
+def test_decode_rejects_with_reasons(scene_image):
+    out = _decode({
+        "html": b"<!doctype html><html></html>",
+        "truncated": variants.ENCODINGS["truncated_image"][0](scene_image),
+        "corrupt": variants.ENCODINGS["corrupt"][0](scene_image),
+        "bomb": variants.decompression_bomb(),
+        "tiny": variants.tiny_png(scene_image),
+        "aspect": variants.extreme_aspect_png(scene_image),
+    })
+    got = {name: (r["reject_stage"], r["reject_reason"]) for name, r in out.items()}
+    assert got == {"html": ("decode", "not_an_image"), "truncated": ("decode", "truncated"),
+                   "corrupt": ("decode", got["corrupt"][1]), "bomb": ("decode", "decompression_bomb"),
+                   "tiny": ("filter", "too_small"), "aspect": ("filter", "bad_aspect")}
+    assert got["corrupt"][1] in ("corrupt", "not_an_image", "truncated")
+    assert all(r["image"] is None for r in out.values())  # rejected rows carry no pixels on
+
+
+def test_dedup_index_exact_phash_and_clip():
+    index = DedupIndex(DedupConfig(sha256=True, phash_distance=4, clip_cosine=0.9))
+    zeros = "0" * 48
+    e1 = np.array([1, 0, 0, 0], np.float16).tobytes()
+    index.add({"key": "a", "source_sha256": "s1", "phash": "ffff000000000000" + zeros, "clip_embedding": e1})
+    assert index.check({"source_sha256": "s1"})[0] == "duplicate"
+    assert index.check({"source_sha256": "s2", "phash": "ffff000000000000" + "0" * 47 + "7"})[0] == \
+        "near_duplicate_phash"  # 3 bits apart, in another word
+    assert index.check({"source_sha256": "s2", "phash": "ffff00000000001f" + zeros}) is None  # 5 bits
+    near = np.array([0.95, 0.31, 0, 0], np.float16).tobytes()
+    far = np.array([0.6, 0.8, 0, 0], np.float16).tobytes()
+    assert index.check({"source_sha256": "s3", "clip_embedding": near})[0] == "near_duplicate_clip"
+    assert index.check({"source_sha256": "s3", "clip_embedding": far}) is None
+    for i in range(3000):  # the index grows past its first allocation
+        index.add({"key": f"k{i}", "phash": zeros + f"{i:016x}"})
+    assert "to k2999" in index.check({"phash": zeros + f"{2999:016x}"})[1]
+
+
+def test_config_refuses_contradictions():
+    with pytest.raises(ValueError, match="clip.enabled"):
+        CurateConfig(dedup=DedupConfig(clip_cosine=0.9))
+    with pytest.raises(ValueError, match="clip.aesthetic.weights"):
+        CurateConfig(clip=ClipConfig(aesthetic=HeadConfig(weights="x.safetensors")))
+
+
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def tiny_clip_files(folder):
+    """A tiny open_clip architecture (random init) and three random score heads, as local files."""
+    from datapipe.filters.heads import random_head, save_head
+
+    (folder / "tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    for i, name in enumerate(("aesthetic", "nsfw", "watermark")):
+        save_head(folder / f"{name}.safetensors", random_head(32, seed=i, output_activation="none" if i == 0 else "sigmoid"))
+    return folder
+
+
+def test_clip_stage_scores_and_thresholds(tmp_path, scene_image):
+    from datapipe.filters.clip import ClipStage
+    from datapipe.filters.heads import load_head
+
+    tiny_clip_files(tmp_path)
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        ClipStage(ClipConfig(enabled=True, model="tiny-clip", model_config=str(tmp_path / "tiny-clip.json")))
+    cfg = ClipConfig(enabled=True, model="tiny-clip", model_config=str(tmp_path / "tiny-clip.json"),
+                     allow_random_init=True, batch_size=3,
+                     aesthetic=HeadConfig(weights=str(tmp_path / "aesthetic.safetensors")),
+                     nsfw=HeadConfig(weights=str(tmp_path / "nsfw.safetensors")),
+                     watermark=HeadConfig(weights=str(tmp_path / "watermark.safetensors")))
+    images = {f"i{i}": variants.png(scene_image.rotate(i * 40)) for i in range(7)}
+    decoded = _decode(images, clip_size=32)
+    table = to_table(list(decoded.values()))
+    stage = ClipStage(cfg)
+    rows = stage(table).to_pylist()
+    for r in rows:
+        assert r["reject_stage"] is None and r["clip_pixels"] is None
+        emb = np.frombuffer(r["clip_embedding"], np.float16).astype(np.float32)
+        assert emb.shape == (32,) and abs(np.linalg.norm(emb) - 1) < 1e-2
+        assert -100 <= r["clip_score"] <= 100 and 0 <= r["nsfw"] <= 1 and 0 <= r["watermark"] <= 1
+        # the stored head score is the head applied to the stored embedding
+        expect = load_head(tmp_path / "nsfw.safetensors")(__import__("torch").from_numpy(emb)[None]).item()
+        assert abs(expect - r["nsfw"]) < 1e-2
+    # a threshold between the scores rejects exactly the rows on the wrong side, with the value
+    median = float(np.median([r["nsfw"] for r in rows]))
+    cfg.nsfw.max = median
+    rows2 = ClipStage(cfg)(table).to_pylist()
+    for r, r2 in zip(rows, rows2):
+        if r["nsfw"] > median + 1e-6:
+            assert (r2["reject_stage"], r2["reject_reason"]) == ("filter", "high_nsfw")
+        elif r["nsfw"] < median - 1e-6:
+            assert r2["reject_stage"] is None
