@@ -52,6 +52,9 @@ class DownloadConfig:
 
 @dataclass
 class DecodeConfig:
+    # false = "filters off": the image header is read for format and size, nothing is decoded,
+    # normalised or size-filtered (a truncated image passes). For speed comparisons, not training data.
+    enabled: bool = True
     min_side: int = 64  # of the original image; smaller -> reject filter/too_small
     max_aspect: float = 3.0  # long side / short side; larger -> reject filter/bad_aspect
     max_pixels: int = 100_000_000  # decompression-bomb guard, checked from the header before decoding
@@ -59,7 +62,7 @@ class DecodeConfig:
     jpeg_quality: int = 95  # when a JPEG has to be re-encoded (CMYK, EXIF rotation, downscale)
     phash: bool = True  # perceptual hash for near-duplicate detection
     phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
-    batch_size: int = 32
+    batch_size: int = 256
     num_cpus: float = 0.5
 
 
@@ -85,6 +88,7 @@ class ClipConfig:
     concurrency: int = 1  # embedding actors (one per GPU in production)
     num_cpus: float = 0.5  # per actor; fractional on small machines or Ray's read/write tasks starve
     num_gpus: float = 0.0
+    threads: int | None = None  # torch threads per actor; null = every core of the machine
     min_score: float | None = None  # CLIP image-text cosine x 100 below this -> reject filter/low_clip_score
     aesthetic: HeadConfig = field(default_factory=HeadConfig)
     nsfw: HeadConfig = field(default_factory=HeadConfig)
@@ -111,7 +115,7 @@ class CurateConfig:
     output: str = ""  # the dataset root (local path or fsspec URI)
     work_dir: str | None = None  # img2dataset's staging area; default <output>/_work (local output only)
     shard_size: int = 1000  # input rows per shard (samples + rejects)
-    wave_shards: int = 4  # shards downloaded together; the previous wave is filtered meanwhile
+    wave_shards: int = 2  # shards downloaded together (one img2dataset task each); the previous wave is filtered meanwhile
     keep_work: bool = False  # keep img2dataset's output after a shard is committed (debugging)
     progress: bool = True
     input: InputConfig = field(default_factory=InputConfig)
@@ -124,6 +128,9 @@ class CurateConfig:
     def __post_init__(self):
         if self.shard_size < 1 or self.shard_size > 999_999:
             raise ValueError("shard_size must be in 1..999999 (keys give a row 6 digits)")
+        if not self.decode.enabled and (self.clip.enabled or self.dedup.phash_distance is not None):
+            raise ValueError("decode.enabled: false leaves no pixels: it needs clip.enabled: false and "
+                             "dedup.phash_distance: null")
         if self.dedup.clip_cosine is not None and not self.clip.enabled:
             raise ValueError("dedup.clip_cosine needs clip.enabled: true")
         for name in ("aesthetic", "nsfw", "watermark"):

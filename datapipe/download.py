@@ -77,10 +77,18 @@ def download_image(row, timeout, user_agent_token, disallowed_header_directives)
 
 
 def install_download_patch() -> None:
-    """Ray's worker_process_setup_hook: every worker downloads through `download_image` above."""
+    """Ray's worker_process_setup_hook: every worker downloads through `download_image` above.
+
+    It also imports what the filter stages use, while the worker starts (Ray starts workers
+    ahead of tasks), so the first wave's filter tasks do not each pay a cold import.
+    """
     import img2dataset.downloader
 
     img2dataset.downloader.download_image = download_image
+    import imagehash  # noqa: F401
+    import ray.data  # noqa: F401
+
+    import datapipe.filters.decode  # noqa: F401
 
 
 def ray_runtime_env(cfg: DownloadConfig, decode: DecodeConfig) -> dict:

@@ -168,6 +168,17 @@ def test_decode_rejects_with_reasons(scene_image):
     assert all(r["image"] is None for r in out.values())  # rejected rows carry no pixels on
 
 
+def test_decode_off_reads_headers_only(scene_image):
+    cfg = DecodeConfig(enabled=False)
+    out = _decode({"png": variants.png(scene_image), "gif": variants.ENCODINGS["animated"][0](scene_image),
+                   "truncated": variants.ENCODINGS["truncated_image"][0](scene_image)}, cfg=cfg)
+    assert (out["png"]["ext"], out["png"]["width"], out["png"]["height"]) == ("png", 160, 96)
+    assert out["gif"]["reject_reason"] == "unsupported_format"
+    assert out["truncated"]["reject_stage"] is None  # what "filters off" gives up: no pixel is checked
+    with pytest.raises(ValueError, match="no pixels"):
+        CurateConfig(decode=cfg)
+
+
 def test_dedup_index_exact_phash_and_clip():
     index = DedupIndex(DedupConfig(sha256=True, phash_distance=4, clip_cosine=0.9))
     zeros = "0" * 48

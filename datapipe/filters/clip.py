@@ -9,6 +9,7 @@ dedup stage compares and the sidecar keeps for later use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class ClipStage:
             )
         if cfg.weights is not None and not Path(cfg.weights).is_file():
             raise FileNotFoundError(f"clip.weights {cfg.weights} not found")
-        torch.set_num_threads(max(1, int(cfg.num_cpus) or 1))
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.torch = torch
         if cfg.weights is None:
             torch.manual_seed(0)  # random init (tests): the same model in every actor and run

@@ -79,6 +79,12 @@ class DecodeStage:
         if w * h > cfg.max_pixels:
             return reject(row, "decode", "decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}")
         fmt = img.format
+        if not cfg.enabled:  # filters off: header only
+            if fmt not in STORED_FORMATS:
+                return reject(row, "decode", "unsupported_format", f"{fmt} is not one of {sorted(STORED_FORMATS)}")
+            ow, oh = row["original_width"] or w, row["original_height"] or h
+            row.update(ext=STORED_FORMATS[fmt], width=w, height=h, original_width=ow, original_height=oh)
+            return row
         try:
             img.load()  # the first frame of an animation
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

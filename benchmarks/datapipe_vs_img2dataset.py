@@ -1,0 +1,144 @@
+"""Our curation pipeline vs plain img2dataset, on the same URL list served on loopback.
+
+    python benchmarks/datapipe_vs_img2dataset.py --n 5000
+
+A synthetic scenes corpus (no faults) is served by the aiohttp scenes server in its own process.
+Each contender runs as a fresh process, timed from launch to exit (start-up included):
+  img2dataset        img2dataset.download(), multiprocessing distributor, webdataset output, the same
+                     download settings (threads, timeout), no decoding (disable_all_reencoding)
+  img2dataset/decode the same, but resize_mode "no": OpenCV decodes (validates) every image
+  ours/off           deepfusion curate, filters off: decode.enabled=false (header only), no dedup
+  ours/validate      + the decode stage (full decode, modes, size filters), no dedup
+  ours/default       the embedded profile (adds sha256 + perceptual-hash dedup)
+  ours/clip          + CLIP ViT-B-32 embedding (random weights: same compute as real ones) and 3
+                     heads, on the first --clip-n URLs (it is ~100x slower on a CPU)
+and prints images/s, the ratio to img2dataset, and images/s per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BASELINE = """
+import sys, img2dataset
+if __name__ == "__main__":
+    decode = sys.argv[6] == "decode"  # resize_mode "no": OpenCV decodes every image, keeps its bytes
+    img2dataset.download(url_list=sys.argv[1], input_format="parquet", url_col="URL", caption_col="TEXT",
+        output_folder=sys.argv[2], output_format="webdataset", processes_count=int(sys.argv[3]),
+        thread_count=int(sys.argv[4]), number_sample_per_shard=int(sys.argv[5]), timeout=10, retries=1,
+        disable_all_reencoding=not decode, resize_mode="no", skip_reencode=True, encode_format="png", encode_quality=3,
+        compute_hash="sha256", extract_exif=False, enable_wandb=False, incremental_mode="incremental")
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:4]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def count_samples(root: Path) -> int:
+    return json.loads((root / "manifest.json").read_text())["totals"]["samples"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--clip-n", type=int, default=1000, help="URLs for the CLIP run (0: skip it)")
+    args = parser.parse_args()
+
+    from datapipe.scenes import CorpusConfig, make_corpus
+    from datapipe.filters.heads import random_head, save_head
+
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="df-bench-", dir=os.environ.get("TMPDIR")))
+    port = free_port()
+    corpus = work / "corpus"
+    make_corpus(corpus, CorpusConfig(n=args.n, seed=7, base_url=f"http://127.0.0.1:{port}", sizes=[(256, 256), (320, 192)]),
+                progress=False)
+    for i, name in enumerate(("aesthetic", "nsfw", "watermark")):
+        save_head(work / f"{name}.safetensors", random_head(512, seed=i))
+    env = {**os.environ, "TMPDIR": str(work)}
+    server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "scenes", "serve", str(corpus), "--port", str(port)],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        urls = corpus / "urls.parquet"
+        ours = [sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{urls}]",
+                f"shard_size={args.shard_size}", f"download.threads={args.threads}", "progress=false"]
+        nodedup = ["dedup.sha256=false", "dedup.phash_distance=null", "decode.phash=false"]
+        off = nodedup + ["decode.enabled=false"]
+        clip = ["clip.enabled=true", "clip.allow_random_init=true", "clip.model=ViT-B-32", "clip.batch_size=32"]
+        clip += [f"clip.{h}.weights={work / (h + '.safetensors')}" for h in ("aesthetic", "nsfw", "watermark")]
+        runs = {
+            "img2dataset": [sys.executable, "-c", BASELINE, str(urls), str(work / "i2d"), str(cores),
+                            str(args.threads), str(args.shard_size), "bytes"],
+            "img2dataset/decode": [sys.executable, "-c", BASELINE, str(urls), str(work / "i2d-decode"), str(cores),
+                                   str(args.threads), str(args.shard_size), "decode"],
+            "ours/off": ours + [f"output={work / 'off'}"] + off,
+            "ours/validate": ours + [f"output={work / 'validate'}"] + nodedup,
+            "ours/default": ours + [f"output={work / 'default'}"],
+        }
+        if args.clip_n:
+            import pyarrow.parquet as pq
+
+            pq.write_table(pq.read_table(urls).slice(0, args.clip_n), work / "clip-urls.parquet")
+            runs["ours/clip"] = [c.replace(str(urls), str(work / "clip-urls.parquet")) for c in ours] + \
+                [f"output={work / 'clip'}"] + clip
+        results = {}
+        for name, cmd in runs.items():
+            seconds = timed(cmd, env)
+            if name.startswith("img2dataset"):
+                folder = work / ("i2d-decode" if name.endswith("decode") else "i2d")
+                stats = [json.loads(p.read_text()) for p in folder.glob("*_stats.json")]
+                images = sum(s["successes"] for s in stats)
+            else:
+                images = count_samples(work / name.split("/")[1])
+            results[name] = (images, seconds)
+            print(f"{name:18s} {images:6d} images in {seconds:6.1f} s = {images / seconds:7.1f} img/s", flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = results["img2dataset"][0] / results["img2dataset"][1]
+    base_decode = results["img2dataset/decode"][0] / results["img2dataset/decode"][1]
+    print(f"\n{args.n} URLs ({args.clip_n} for ours/clip), {cores} cores, shard size {args.shard_size}, "
+          f"{args.threads} threads per shard")
+    for name, (images, seconds) in results.items():
+        rate = images / seconds
+        print(f"  {name:18s} {rate:7.1f} img/s  {rate / base:5.2f}x img2dataset  {rate / base_decode:5.2f}x img2dataset/decode  {rate / cores:6.1f} img/s per core")
+
+
+if __name__ == "__main__":
+    main()
