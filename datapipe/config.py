@@ -47,7 +47,7 @@ class DownloadConfig:
     image_size: int = 512
     encode_format: str = "jpg"
     encode_quality: int | None = None  # null: 95 for jpg/webp, compression level 3 for png
-    task_cpus: float = 1.0  # Ray CPUs per img2dataset shard task
+    task_cpus: float = 1.0  # Ray CPUs per shard download task (equal to decode.num_cpus: one fused task)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class DecodeConfig:
     phash: bool = True  # perceptual hash for near-duplicate detection
     phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
     batch_size: int = 256
-    num_cpus: float = 0.5
+    num_cpus: float = 1.0
 
 
 @dataclass
@@ -113,9 +113,8 @@ class RayConfig:
 @dataclass
 class CurateConfig:
     output: str = ""  # the dataset root (local path or fsspec URI)
-    work_dir: str | None = None  # img2dataset's staging area; default <output>/_work (local output only)
+    work_dir: str | None = None  # shard inputs + img2dataset's output until read; default <output>/_work (local output)
     shard_size: int = 1000  # input rows per shard (samples + rejects)
-    wave_shards: int = 2  # shards downloaded together (one img2dataset task each); the previous wave is filtered meanwhile
     keep_work: bool = False  # keep img2dataset's output after a shard is committed (debugging)
     progress: bool = True
     input: InputConfig = field(default_factory=InputConfig)

@@ -1,25 +1,23 @@
 """The curation job: URL lists -> committed WebDataset/Parquet shards with rejects, on Ray.
 
-    input shards --wave of N--> img2dataset (Ray tasks) --> Ray Data: read -> decode -> [CLIP]
-                                                                    --> driver: dedup -> shards
+    input shards (work/inputs/<id>.parquet) --Ray Data--> download (img2dataset) -> decode -> [CLIP]
+                                                      --> driver: dedup -> shards, in input order
 
-The main thread downloads wave k+1 while a second thread runs wave k through the Ray Data
-stages and commits its shards in order (img2dataset installs a signal handler, so it has to run
-on the main thread). Shards already in the manifest are skipped: a job killed at any point and
-started again with the same command finishes the rest, and a finished job re-run does nothing.
+One streaming Ray Data execution covers every pending shard, so downloading one shard overlaps
+filtering the previous ones. Shards already in the manifest are skipped: a job killed at any point
+and started again with the same command finishes the rest, and a finished job re-run does nothing.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import logging
+import os
 import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -29,7 +27,7 @@ from datapipe.contract.shards import read_rejects
 from .assemble import ShardAssembler
 from .config import CurateConfig
 from .dedup import DedupIndex
-from .inputs import InputShard, input_files, iter_shards
+from .inputs import input_files, iter_shards
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +46,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _waves(shards: Iterator[InputShard], committed: set[str], size: int) -> Iterator[list[InputShard]]:
-    wave: list[InputShard] = []
-    for shard in shards:
-        if shard.id in committed:
-            continue
-        wave.append(shard)
-        if len(wave) == size:
-            yield wave
-            wave = []
-    if wave:
-        yield wave
 
 
 def init_ray(cfg: CurateConfig) -> None:
@@ -91,37 +76,27 @@ def _work_dir(cfg: CurateConfig, storage: Storage) -> Path:
     return Path(storage.path("_work"))
 
 
-def process_wave(cfg: CurateConfig, wave_dir: Path, wave: list[InputShard], assembler: ShardAssembler) -> None:
-    """Ray Data over one downloaded wave; rows reach the assembler in input order."""
+def process_shards(cfg: CurateConfig, work: Path, shard_ids: list[str], assembler: ShardAssembler) -> None:
+    """The Ray Data pipeline over the pending shards; rows reach the assembler in input order."""
     import ray.data
 
-    from .download import joined_rows
+    from .download import DownloadStage
     from .filters.decode import DecodeStage
-    from .rows import to_table
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # dedup keeps the first occurrence in input order
     ctx.enable_progress_bars = False
-    keep = cfg.download.resize_mode == "keep"
-    encode_format = "jpg" if keep else cfg.download.encode_format  # keep: bytes as served, sniffed by decode
-    shards = {s.id: (i, s) for i, s in enumerate(wave)}
-
-    def read(batch):
-        (sid,) = batch["shard"]
-        index, shard = shards[sid]
-        rows = list(joined_rows(wave_dir, index, shard, encode_format))
-        for start in range(0, len(rows), 256):  # bounded blocks
-            yield to_table(rows[start : start + 256])
-
     clip_size = None
     if cfg.clip.enabled:
         from .filters.clip import clip_image_size
 
         clip_size = clip_image_size(cfg.clip)
-    ds = ray.data.from_items([{"shard": s.id} for s in wave], override_num_blocks=len(wave))
-    ds = ds.map_batches(read, batch_size=1, num_cpus=cfg.decode.num_cpus)
-    ds = ds.map_batches(DecodeStage(cfg.decode, clip_size, resize=keep), batch_size=cfg.decode.batch_size,
-                        batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+    ds = ray.data.from_items([{"shard": sid} for sid in shard_ids], override_num_blocks=len(shard_ids))
+    # download and decode ask for the same CPUs by default, so Ray Data fuses them into one task
+    ds = ds.map_batches(DownloadStage(str(work), cfg.download, cfg.decode, cfg.shard_size), batch_size=1,
+                        num_cpus=cfg.download.task_cpus)
+    ds = ds.map_batches(DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep"),
+                        batch_size=cfg.decode.batch_size, batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
     if cfg.clip.enabled:
         from .filters.clip import ClipStage
 
@@ -137,6 +112,23 @@ def process_wave(cfg: CurateConfig, wave_dir: Path, wave: list[InputShard], asse
     except BaseException:
         assembler.abort()
         raise
+
+
+def _write_inputs(cfg: CurateConfig, work: Path, committed: set[str]) -> dict[str, int]:
+    """Stream the shard plan to work/inputs/<id>.parquet for every uncommitted shard; id -> rows."""
+    import pyarrow.parquet as pq
+
+    folder = work / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    pending = {}
+    for shard in iter_shards(cfg.input, cfg.shard_size):
+        if shard.id in committed:
+            continue
+        target = folder / f"{shard.id}.parquet"
+        pq.write_table(shard.rows, str(target) + ".tmp")
+        os.replace(str(target) + ".tmp", target)
+        pending[shard.id] = shard.rows.num_rows
+    return pending
 
 
 def curate(cfg: CurateConfig) -> dict:
@@ -162,7 +154,9 @@ def curate(cfg: CurateConfig) -> dict:
     dedup = DedupIndex.from_dataset(cfg.dedup, dataset)
     work = _work_dir(cfg, storage)
 
-    bar = tqdm(desc="curate", unit="row", disable=not cfg.progress, dynamic_ncols=True)
+    pending = _write_inputs(cfg, work, committed)
+    log.info("%d shard(s) to curate, %d already committed", len(pending), len(committed))
+    bar = tqdm(desc="curate", unit="row", total=sum(pending.values()), disable=not cfg.progress, dynamic_ncols=True)
     new_entries: list[ShardEntry] = []
 
     def on_commit(entry: ShardEntry) -> None:
@@ -173,36 +167,16 @@ def curate(cfg: CurateConfig) -> dict:
                         rate=f"{done / max(time.time() - t0, 1e-9):.0f}/s")
         log.debug("committed shard %s: %d samples, %d rejects", entry.id, entry.samples, entry.rejects)
 
-    assembler = None
-    pending: concurrent.futures.Future | None = None
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="curate-filter") as pool:
-        for number, wave in enumerate(_waves(iter_shards(cfg.input, cfg.shard_size), committed, cfg.wave_shards)):
-            if assembler is None:
-                init_ray(cfg)
-                assembler = ShardAssembler(storage, dedup, {}, lineage, on_commit)
-            assembler.inputs.update({s.id: s.rows.num_rows for s in wave})
-            wave_dir = work / f"wave-{wave[0].id}-{wave[-1].id}"
-            from .download import download_wave
-
-            log.info("wave %d: downloading shards %s..%s", number, wave[0].id, wave[-1].id)
-            download_wave(wave_dir, wave, cfg.download, cfg.decode, cfg.shard_size)
-            if pending is not None:
-                pending.result()  # keep shard commits in order: one wave filtered at a time
-            pending = pool.submit(_filter_and_commit, cfg, wave_dir, wave, assembler)
-        if pending is not None:
-            pending.result()
+    assembler = ShardAssembler(storage, dedup, pending, lineage, on_commit)
+    if pending:
+        init_ray(cfg)
+        process_shards(cfg, work, list(pending), assembler)
     bar.close()
     if not cfg.keep_work and work.exists():
         shutil.rmtree(work, ignore_errors=True)
-    summary = _summary(storage, new_entries, assembler.counts if assembler else collections.Counter(), time.time() - t0)
+    summary = _summary(storage, new_entries, assembler.counts, time.time() - t0)
     _write_run_log(storage, summary)
     return summary
-
-
-def _filter_and_commit(cfg: CurateConfig, wave_dir: Path, wave: list[InputShard], assembler: ShardAssembler) -> None:
-    process_wave(cfg, wave_dir, wave, assembler)
-    if not cfg.keep_work:
-        shutil.rmtree(wave_dir, ignore_errors=True)
 
 
 def _summary(storage: Storage, new: list[ShardEntry], counts: collections.Counter, seconds: float) -> dict:

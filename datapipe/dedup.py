@@ -3,7 +3,7 @@ Hamming distance, CLIP-embedding cosine) against every sample already in the dat
 
 The index is rebuilt from the committed sidecars when a job starts and grows as rows are kept, in
 shard order. So the first occurrence of an image in input order is the one kept, whether the run
-went through in one go or was killed and resumed, and duplicates are caught across shards, waves
+went through in one go or was killed and resumed, and duplicates are caught across shards
 and runs. Comparisons are brute force in numpy (XOR + popcount over 64-bit words; a float16 matrix product),
 fine for millions of phashes; a CLIP cosine index over tens of millions wants an ANN library.
 """

@@ -1,29 +1,29 @@
-"""Download stage: img2dataset with its Ray distributor, one img2dataset shard per dataset shard.
+"""Download stage: img2dataset's Downloader, one img2dataset shard per dataset shard, on Ray.
 
-We do not download anything ourselves. For each wave of shards we write one small parquet per
-shard (url + our row key), call `img2dataset.download(distributor="ray")`, and join its per-shard
-parquet (status, error) and tar (image bytes) back to our input rows by key, so every input row
-comes back as an image or as a reject with a reason, even one img2dataset lost.
+We do not download anything ourselves. For each shard, the first Ray Data stage writes its rows
+(url + our row key) as img2dataset's shard input, runs img2dataset's Downloader on it (exactly
+what img2dataset's Ray distributor runs in each of its Ray tasks), and joins the per-shard parquet
+(status, error) and tar (image bytes) back to our input rows by key, so every input row comes back
+as an image or as a reject with a reason, even one img2dataset lost.
 
 Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
 - no total time limit per image (a server that drips bytes holds a thread for minutes) and no
   size limit: `download_image` is replaced in every Ray worker (Ray's worker_process_setup_hook)
   by a version with a deadline and a byte cap; the rest (user agent, X-Robots-Tag) is unchanged;
-- `incremental_mode="overwrite"` deletes its own temp folder: we use "incremental", which also
-  resumes a wave killed half way;
-- its Ray tasks ask for 1 CPU each: `task_cpus` sets that in the driver;
+- its `download()` entry point cannot stream into later stages (one blocking call, a logger
+  process per call, `incremental_mode="overwrite"` deleting its own temp folder): we drive its
+  Downloader class per shard instead, which also makes a killed shard simply start again;
 - default resize mode "keep" disables its re-encoding (our decode stage decodes once, with PIL,
   which handles EXIF rotation, CMYK and 16-bit images that OpenCV's IMREAD_UNCHANGED does not).
 """
 
 from __future__ import annotations
 
-import contextlib
+import shutil
 import io
 import logging
 import os
 import re
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -80,7 +80,7 @@ def install_download_patch() -> None:
     """Ray's worker_process_setup_hook: every worker downloads through `download_image` above.
 
     It also imports what the filter stages use, while the worker starts (Ray starts workers
-    ahead of tasks), so the first wave's filter tasks do not each pay a cold import.
+    ahead of tasks), so the first filter tasks do not each pay a cold import.
     """
     import img2dataset.downloader
 
@@ -100,82 +100,62 @@ def ray_runtime_env(cfg: DownloadConfig, decode: DecodeConfig) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _stdout_to(path: Path):
-    """Point file descriptor 1 at `path` (child processes inherit it), then restore it."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+# -- one shard, as a Ray Data stage -----------------------------------------------------------
+class DownloadStage:
+    """Ray Data map_batches over shard ids (batch_size=1): img2dataset's Downloader for that shard.
 
+    This is what img2dataset's own Ray distributor does (a Ray task per shard calling its
+    Downloader), run as the first stage of the curation Dataset so that downloading shard k+1
+    overlaps filtering shard k in one streaming execution. Its output (tar + parquet) lives only
+    until the shard's rows have been read back, joined to the input rows and passed on.
+    """
 
-_ray_download = None  # img2dataset's own remote function, before we set its CPU request
+    def __init__(self, work: str, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int):
+        self.work, self.cfg, self.decode, self.shard_size = Path(work), cfg, decode, shard_size
 
+    def _downloader(self, output_folder: Path):
+        from img2dataset.downloader import Downloader
+        from img2dataset.resizer import Resizer
+        from img2dataset.writer import WebDatasetSampleWriter
 
-# -- one wave -----------------------------------------------------------------------------------
-def download_wave(wave_dir: Path, shards: list[InputShard], cfg: DownloadConfig, decode: DecodeConfig,
-                  shard_size: int) -> None:
-    """img2dataset over `shards` into wave_dir/download; a killed wave resumes where it stopped."""
-    import img2dataset
-    import img2dataset.distributor as distributor
+        cfg, keep = self.cfg, self.cfg.resize_mode == "keep"
+        quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
+        resizer = Resizer(image_size=cfg.image_size, resize_mode="no" if keep else cfg.resize_mode,
+                          resize_only_if_bigger=True, encode_format=cfg.encode_format, encode_quality=quality,
+                          skip_reencode=True, disable_all_reencoding=keep,
+                          # in resize modes img2dataset decodes: it applies the same limits first
+                          min_image_size=self.decode.min_side, max_aspect_ratio=self.decode.max_aspect,
+                          max_image_area=self.decode.max_pixels)
+        directives = [d.strip().lower() for d in cfg.disallowed_header_directives]
+        return Downloader(
+            sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
+            save_caption=False, extract_exif=False, output_folder=str(output_folder),
+            column_list=["row_key", "url"], timeout=cfg.timeout_s, number_sample_per_shard=self.shard_size,
+            oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format,
+            retries=cfg.retries, user_agent_token=cfg.user_agent_token,
+            disallowed_header_directives=directives or None,
+        )
 
-    inputs = wave_dir / "input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    for shard in shards:  # one file per shard, named so sorted order == img2dataset's shard order
-        target = inputs / f"{shard.id}.parquet"
-        if not target.exists():
-            table = pa.table({"url": shard.rows.column("url"), "row_key": shard.rows.column("key")})
-            pq.write_table(table, str(target) + ".tmp")
-            os.replace(str(target) + ".tmp", target)
-    global _ray_download
-    if _ray_download is None:
-        _ray_download = distributor.ray_download
-    distributor.ray_download = _ray_download.options(num_cpus=cfg.task_cpus)
-    keep = cfg.resize_mode == "keep"
-    with _stdout_to(wave_dir / "img2dataset.log"):  # its prints (and its logger process's) go to a file
-        _img2dataset(img2dataset, inputs, wave_dir, shards, cfg, decode, shard_size, keep)
+    def __call__(self, batch) -> Iterator[pa.Table]:
+        from .rows import to_table
 
-
-def _img2dataset(img2dataset, inputs: Path, wave_dir: Path, shards: list[InputShard], cfg: DownloadConfig,
-                 decode: DecodeConfig, shard_size: int, keep: bool) -> None:
-    img2dataset.download(
-        url_list=str(inputs),
-        input_format="parquet",
-        url_col="url",
-        caption_col=None,
-        save_additional_columns=["row_key"],
-        output_folder=str(wave_dir / "download"),
-        output_format="webdataset",
-        number_sample_per_shard=shard_size,
-        distributor="ray",
-        processes_count=len(shards),
-        thread_count=cfg.threads,
-        timeout=cfg.timeout_s,
-        retries=cfg.retries,
-        user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=list(cfg.disallowed_header_directives),
-        compute_hash="sha256",
-        extract_exif=False,
-        incremental_mode="incremental",
-        enable_wandb=False,
-        disable_all_reencoding=keep,
-        resize_mode="no" if keep else cfg.resize_mode,
-        image_size=cfg.image_size,
-        resize_only_if_bigger=True,
-        encode_format=cfg.encode_format,
-        encode_quality=cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95),
-        skip_reencode=True,
-        # in resize modes img2dataset decodes: it applies the same limits before resizing
-        min_image_size=decode.min_side,
-        max_aspect_ratio=decode.max_aspect,
-        max_image_area=decode.max_pixels,
-    )
+        (sid,) = [str(s) for s in batch["shard"]]
+        shard = InputShard(int(sid), sid, pq.read_table(self.work / "inputs" / f"{sid}.parquet"))
+        out = self.work / "download" / sid
+        shutil.rmtree(out, ignore_errors=True)  # a killed earlier attempt
+        out.mkdir(parents=True)
+        arrow = out / "input.arrow"
+        table = pa.table({"row_key": shard.rows.column("key"), "url": shard.rows.column("url")})
+        with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+            writer.write_table(table)
+        ok, _ = self._downloader(out)((0, str(arrow)))
+        if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
+            raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
+        encode_format = "jpg" if self.cfg.resize_mode == "keep" else self.cfg.encode_format
+        rows = list(joined_rows(out, 0, shard, encode_format))
+        shutil.rmtree(out, ignore_errors=True)
+        for start in range(0, len(rows), 256):  # bounded blocks
+            yield to_table(rows[start : start + 256])
 
 
 # -- joining img2dataset's output back to the input rows ---------------------------------------
@@ -236,9 +216,9 @@ def _downloaded_shard(download_dir: Path, index: int) -> tuple[dict[str, dict], 
     return results, images
 
 
-def joined_rows(wave_dir: Path, index: int, shard: InputShard, encode_format: str) -> Iterator[dict[str, Any]]:
+def joined_rows(download_dir: Path, index: int, shard: InputShard, encode_format: str) -> Iterator[dict[str, Any]]:
     """One row per input row of `shard`, in input order: the downloaded image or a reject."""
-    results, images = _downloaded_shard(wave_dir / "download", index)
+    results, images = _downloaded_shard(download_dir, index)
     for inp in shard.rows.to_pylist():
         row: dict[str, Any] = {**inp, "shard": shard.id}
         result = results.get(inp["key"])

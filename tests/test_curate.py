@@ -77,7 +77,7 @@ def test_every_fault_is_accounted_for_and_a_rerun_is_a_no_op(tmp_path, artifacts
                                    near_duplicates=0.06)
     try:
         root = tmp_path / "ds"
-        proc = run_cli(corpus, root, "shard_size=30", "wave_shards=2")
+        proc = run_cli(corpus, root, "shard_size=30")
         assert proc.returncode == 0, proc.stderr[-3000:]
         samples, rejects = check_against_truth(root, corpus, 30)
     finally:
@@ -111,7 +111,7 @@ def test_every_fault_is_accounted_for_and_a_rerun_is_a_no_op(tmp_path, artifacts
 
     # the same command again: nothing to do, nothing changes
     before = (root / "manifest.json").read_bytes()
-    proc = run_cli(corpus, root, "shard_size=30", "wave_shards=2")
+    proc = run_cli(corpus, root, "shard_size=30")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "this run: 0 shard(s)" in proc.stdout
     assert json.loads((root / "manifest.json").read_bytes())["shards"] == json.loads(before)["shards"]
@@ -145,24 +145,24 @@ def _kill_when(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
 
 
 def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
-    corpus, server = served_corpus(tmp_path / "corpus", n=160, seed=2, faults=0.1, duplicates=0.1,
+    corpus, server = served_corpus(tmp_path / "corpus", n=200, seed=2, faults=0.1, duplicates=0.1,
                                    near_duplicates=0.05,
                                    fault_names=["http_404", "html", "cmyk", "exif_rotate", "tiny", "noai"])
     root = tmp_path / "ds"
-    extra = ("shard_size=20", "wave_shards=2")
+    extra = ("shard_size=20",)
     try:
-        # 1: killed while img2dataset downloads the first wave (nothing committed yet)
+        # 1: killed while img2dataset downloads the first shards (nothing committed yet)
         proc = _curate_process(corpus, root, *extra)
-        _kill_when(proc, lambda: any((root / "_work").glob("*/download/*.tar")))
+        _kill_when(proc, lambda: any((root / "_work").glob("download/*/*.tar")))
         assert _committed(root) == 0
-        # 2: killed just after the first commit (mid-wave: the wave's second shard is pending)
+        # 2: killed just after the first commit (later shards mid-download or mid-filter)
         proc = _curate_process(corpus, root, *extra)
         _kill_when(proc, lambda: _committed(root) >= 1)
-        # 3: killed later, in another wave
+        # 3: killed later
         first = _committed(root)
         proc = _curate_process(corpus, root, *extra)
-        _kill_when(proc, lambda: _committed(root) >= first + 3)
-        assert _committed(root) < 8, "the job should not have finished before the last kill"
+        _kill_when(proc, lambda: _committed(root) >= first + 1)
+        assert _committed(root) < 10, "the job should not have finished before the last kill"
         # 4: runs to the end
         proc = _curate_process(corpus, root, *extra)
         out, _ = proc.communicate(timeout=300)
@@ -170,7 +170,7 @@ def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
         samples, rejects = check_against_truth(root, corpus, 20)
     finally:
         server.stop()
-    assert _committed(root) == 8 and len(samples) + len(rejects) == 160
+    assert _committed(root) == 10 and len(samples) + len(rejects) == 200
     assert verify_dataset(str(root)).ok
     # and the result is the one an uninterrupted run gives
     clean = tmp_path / "clean"
@@ -201,7 +201,7 @@ def test_clip_filters_and_dedup_across_shards_with_an_img2dataset_resize_mode(tm
             f"clip.nsfw.weights={models / 'nsfw.safetensors'}",
             f"clip.watermark.weights={models / 'watermark.safetensors'}"]
     try:
-        proc = run_cli(corpus, root, "shard_size=10", "wave_shards=3", "download.resize_mode=keep_ratio_largest",
+        proc = run_cli(corpus, root, "shard_size=10", "download.resize_mode=keep_ratio_largest",
                        "download.image_size=96", "download.encode_format=png", *clip)
         assert proc.returncode == 0, proc.stderr[-3000:]
         samples, rejects = check_against_truth(root, corpus, 10)
