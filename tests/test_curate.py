@@ -261,3 +261,15 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
     assert head.poll() is not None
+
+
+def test_demo_curates_its_corpus_and_a_second_run_reuses_it(tmp_path):
+    cmd = [*deepfusion_cmd(), "demo", "--workdir", str(tmp_path / "demo"), "--n", "40"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "dataset verify: ok" in first.stdout and "40 input rows" in first.stdout
+    report = verify_dataset(str(tmp_path / "demo" / "dataset"))
+    assert report.ok and report.samples > 30
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "this run: 0 shard(s)" in second.stdout  # reused, not redone
