@@ -52,14 +52,11 @@ class DedupIndex:
         self.clip: _Rows | None = None
         self.clip_keys: list[str] = []
 
-    def __len__(self) -> int:
-        return len(self.sha) or len(self.phash_keys) or len(self.clip_keys)
-
     @classmethod
     def from_dataset(cls, cfg: DedupConfig, dataset: Dataset) -> "DedupIndex":
         index = cls(cfg)
+        wanted = ["key", "source_sha256", "phash", "clip_embedding"]
         for shard in dataset.shards:
-            wanted = ["key", "source_sha256", "phash", "clip_embedding"]
             table = dataset.sidecar(shard.id, columns=None)
             cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
                     for c in wanted}

@@ -19,11 +19,11 @@ Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
 
 from __future__ import annotations
 
-import shutil
 import io
 import logging
 import os
 import re
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -31,6 +31,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from datapipe.contract.shards import Sample, iter_tar_samples
 
 from .config import DecodeConfig, DownloadConfig
 from .inputs import InputShard
@@ -151,8 +153,7 @@ class DownloadStage:
         ok, _ = self._downloader(out)((0, str(arrow)))
         if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
             raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
-        encode_format = "jpg" if self.cfg.resize_mode == "keep" else self.cfg.encode_format
-        rows = list(joined_rows(out, 0, shard, encode_format))
+        rows = list(joined_rows(out, shard))
         shutil.rmtree(out, ignore_errors=True)
         for start in range(0, len(rows), 256):  # bounded blocks
             yield to_table(rows[start : start + 256])
@@ -193,32 +194,23 @@ def classify_error(message: str) -> tuple[str, str]:
     return "download", "error"
 
 
-def _downloaded_shard(download_dir: Path, index: int) -> tuple[dict[str, dict], dict[str, bytes]]:
-    """img2dataset shard `index`: results by our row key, and image bytes by our row key."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    name = f"{index:05d}"
-    parquet = download_dir / f"{name}.parquet"
+def _downloaded_shard(download_dir: Path) -> tuple[dict[str, dict], dict[str, Sample]]:
+    """img2dataset's shard 00000 in `download_dir`: results and images, both by our row key."""
+    parquet = download_dir / "00000.parquet"
     if not parquet.exists():
         return {}, {}
     results = {r["row_key"]: r for r in pq.read_table(parquet).to_pylist()}
     by_i2d_key = {r["key"]: k for k, r in results.items()}
-    images: dict[str, bytes] = {}
-    tar = download_dir / f"{name}.tar"
-    if tar.exists():
-        with open(tar, "rb") as f:
-            files = ({**x, "__url__": None} for x in tar_file_iterator(f))
-            for group in group_by_keys(files):
-                ext = next((e for e in ("jpg", "png", "webp") if e in group), None)
-                row_key = by_i2d_key.get(group["__key__"])
-                if ext and row_key:
-                    images[row_key] = group[ext]
-    return results, images
+    tar = download_dir / "00000.tar"
+    if not tar.exists():
+        return results, {}
+    with open(tar, "rb") as f:
+        return results, {by_i2d_key[s.key]: s for s in iter_tar_samples(f) if s.key in by_i2d_key}
 
 
-def joined_rows(download_dir: Path, index: int, shard: InputShard, encode_format: str) -> Iterator[dict[str, Any]]:
+def joined_rows(download_dir: Path, shard: InputShard) -> Iterator[dict[str, Any]]:
     """One row per input row of `shard`, in input order: the downloaded image or a reject."""
-    results, images = _downloaded_shard(download_dir, index)
+    results, images = _downloaded_shard(download_dir)
     for inp in shard.rows.to_pylist():
         row: dict[str, Any] = {**inp, "shard": shard.id}
         result = results.get(inp["key"])
@@ -230,6 +222,7 @@ def joined_rows(download_dir: Path, index: int, shard: InputShard, encode_format
         elif inp["key"] not in images:
             yield reject(row, "download", "lost", "img2dataset reported success but wrote no image")
         else:
-            row.update(image=images[inp["key"]], ext=encode_format, source_sha256=result.get("sha256"),
+            image = images[inp["key"]]  # its tar extension; the decode stage sniffs the real format
+            row.update(image=image.image, ext=image.ext, source_sha256=result.get("sha256"),
                        original_width=result.get("original_width"), original_height=result.get("original_height"))
             yield row

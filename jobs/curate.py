@@ -16,25 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent / "configs" / "curate"
-
-
-def config_path(name: str) -> str:
-    path = Path(name)
-    if path.exists():
-        return str(path)
-    bundled = CONFIGS / f"{name}.yaml"
-    if bundled.exists():
-        return str(bundled)
-    raise FileNotFoundError(f"no curate config {name!r}: not a file, and not one of "
-                            f"{sorted(p.stem for p in CONFIGS.glob('*.yaml'))}")
-
-
 def run(config: str, overrides: list[str]) -> dict:
     from datapipe.config import load_curate_config
     from datapipe.curate import curate
 
-    return curate(load_curate_config(config_path(config), overrides))
+    from jobs.commands import config_path
+
+    return curate(load_curate_config(config_path("curate", config), overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,15 +80,13 @@ def test_error_messages_map_to_reasons():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, ):
+def server(tmp_path_factory):
     from conftest import free_port
 
     port = free_port()
     folder = tmp_path_factory.mktemp("corpus")
     make_corpus(folder, CorpusConfig(n=4, base_url=f"http://127.0.0.1:{port}"), progress=False)
-    import pyarrow.parquet as pq_
-
-    scene = pq_.read_table(folder / "ground_truth.parquet").column("scene_id")[0].as_py()
+    scene = pq.read_table(folder / "ground_truth.parquet").column("scene_id")[0].as_py()
     with ScenesServer(folder, port=port, hang_seconds=20, drip_interval=0.2) as s:
         yield s.url, scene
 

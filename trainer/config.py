@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datapipe.contract.config import apply_overrides, from_dict, load_yaml_config  # noqa: F401
+from datapipe.contract.config import load_yaml_config
 
 from .guard import SpikeGuardConfig
 

@@ -11,7 +11,6 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
 
 from .captions import CaptionVersion, list_versions, read_version_shard
 from .manifest import MANIFEST, Manifest, ShardEntry

@@ -90,8 +90,8 @@ class DecodeStage:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
             return reject(row, "decode", reason, str(e))
-        oriented = ImageOps.exif_transpose(img)
         changed = _has_rotation(img)
+        oriented = ImageOps.exif_transpose(img) if changed else img
         rgb = to_rgb(oriented)
         changed = changed or rgb is not oriented or fmt not in STORED_FORMATS or getattr(img, "is_animated", False)
 

@@ -44,9 +44,9 @@ def _demo(args: argparse.Namespace) -> int:
         from datapipe.config import load_curate_config
         from datapipe.contract import verify_dataset
         from datapipe.curate import curate, format_summary
-        from jobs.curate import config_path
+        from jobs.commands import config_path
 
-        cfg = load_curate_config(config_path("embedded"), [f"input.paths=[{corpus / 'urls.parquet'}]",
+        cfg = load_curate_config(config_path("curate", "embedded"), [f"input.paths=[{corpus / 'urls.parquet'}]",
                                                            f"output={dataset}", *CURATE_OVERRIDES])
         summary = curate(cfg)
     print(format_summary(summary))

@@ -8,23 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.commands import CommandError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
-
-
-def _config_path(name: str) -> str:
-    path = Path(name)
-    if path.exists():
-        return str(path)
-    bundled = CONFIGS / f"{name}.yaml"
-    if bundled.exists():
-        return str(bundled)
-    raise CommandError(f"no config {name!r}: not a file, and not one of {sorted(p.stem for p in CONFIGS.glob('*.yaml'))}")
-
+from jobs.commands import CommandError, config_path
 
 def _train(args: argparse.Namespace) -> int:
-    config = _config_path(args.config)
+    config = config_path("train", args.config)
     if args.nproc > 1:  # several processes on this machine: torchrun, one rank per process
         from trainer.train import free_port
 
