@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datapipe.contract import Dataset, Manifest, ShardEntry, Storage, utc_now
+from datapipe.contract.runtime import init_ray as join_or_start_ray
 from datapipe.contract.shards import read_rejects
 
 from .assemble import ShardAssembler
@@ -49,23 +50,9 @@ def _versions() -> dict[str, str]:
 
 
 def init_ray(cfg: CurateConfig) -> None:
-    import ray
-
     from .download import ray_runtime_env
 
-    if ray.is_initialized():
-        return
-    runtime_env = ray_runtime_env(cfg.download, cfg.decode)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=False)
-        return
-    try:  # inside `ray job submit` the driver joins its cluster
-        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=False)
-        log.info("joined the running Ray cluster")
-    except ConnectionError:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False)
-        log.info("started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
+    join_or_start_ray(cfg.ray.address, cfg.ray.num_cpus, ray_runtime_env(cfg.download, cfg.decode))
 
 
 def _work_dir(cfg: CurateConfig, storage: Storage) -> Path:
