@@ -52,7 +52,10 @@ class EngineConfig:
     actors: int = 1  # engine replicas
     num_gpus: float = 1.0  # per actor (0 on a CPU machine)
     num_cpus: float = 1.0  # per actor; fractional on small machines so reads are not starved
-    batch_size: int = 64  # images handed to one engine call
+    cpu_threads: int | None = None  # CPU engine (num_gpus 0): compute threads; null = every core
+    # images per engine call: several times max_num_seqs, so continuous batching keeps every slot
+    # busy while the call's longest answers finish (a call of exactly max_num_seqs idles its tail)
+    batch_size: int = 256
 
 
 @dataclass

@@ -71,20 +71,12 @@ def tiny_vlm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_prompt_set(tmp_path_factory) -> Path:
-    """The bundled prompt set with word ranges of 1-2, 3-4, ... 11-12 words, so CPU answers stay short.
+def tiny_prompt_set() -> Path:
+    """The bundled smoke-test prompt set (word ranges 1-2, 3-4, ... 11-12), so CPU answers stay short.
 
-    The bundled ranges (up to 200 words at level 6) work the same way; they only take ~10x longer
-    to generate on a CPU (benchmarks/captioner_overhead.py uses them).
+    The real ranges (up to 200 words at level 6) work the same way; they only take ~10x longer to
+    generate on a CPU (benchmarks/captioner_overhead.py uses them).
     """
-    import yaml
-
     from captioner.prompts import prompt_set_path
 
-    raw = yaml.safe_load(prompt_set_path("six-levels-v1").read_text())
-    raw["id"] = "six-levels-short"
-    for level in range(1, 7):
-        raw["levels"][level].update(min_words=2 * level - 1, budget=2 * level)
-    path = tmp_path_factory.mktemp("prompts") / "six-levels-short.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return prompt_set_path("six-levels-smoke")

@@ -202,3 +202,60 @@ def test_follow_picks_up_shards_committed_while_it_runs(tmp_path):
     assert summary["this_run"]["shards"] == 3 and summary["this_run"]["rows"] == 10
     rows = pa.concat_tables([CaptionSet(storage, "live").shard(s) for s in ("000001", "000002")]).to_pylist()
     assert [r["level_3"] for r in rows] == ["late shard 1", "late shard 2"]
+
+
+def test_caption_qa_scores_reference_captions_by_level_and_feeds_regeneration(tmp_path):
+    from captioner.qa import Question, caption_qa, match
+    from captioner.stats import caption_stats
+
+    from datapipe.scenes import CorpusConfig, make_corpus
+    from datapipe.scenes.dataset import ingest_corpus
+
+    corpus, root = tmp_path / "corpus", tmp_path / "dataset"  # scenes with up to 3 groups and text
+    make_corpus(corpus, CorpusConfig(n=16, seed=3, sizes=[(96, 96)]), progress=False)
+    ingest_corpus(corpus, str(root), shard_size=8)
+    ref = caption_qa(str(root), "reference", str(corpus))
+    acc = ref["accuracy"]["matcher"]
+    # the ground truth's densest level states every fact; the one-line subject does not
+    assert acc["all"]["level_6"] == 1.0 and acc["all"]["level_1"] < acc["all"]["level_4"]
+    assert acc["position"]["level_1"] == 0.0 and acc["position"]["level_4"] == 1.0
+    alt = caption_qa(str(root), "alt", str(corpus))["accuracy"]["matcher"]
+    assert alt["all"]["level_6"] < 0.5, "web-like alt text states few facts: it must score far below the reference"
+    # the matcher binds the answer to its object, it does not just find the word
+    q = Question("color", "What colour is the circle?", "red", None, "circle")
+    assert match(q, "a red circle") and not match(q, "a blue circle next to a red square")
+    q = Question("count", "How many pink squares are there?", "three", "pink", "square")
+    assert match(q, "three small pink squares") and match(q, "the first pink square ... the third pink square")
+    assert not match(q, "two pink squares and three blue circles")
+    # per-key scores drive a regeneration run: alt rows whose level 6 misses facts are selected
+    import pyarrow.parquet as pq
+
+    from captioner.select import qa_scores_path
+
+    scores = pq.read_table(Storage(str(root)).path(qa_scores_path("alt"))).to_pylist()
+    threshold = 0.5  # web alt text ("IMG_3150.png", "circle") rarely states the facts of level 6
+    below = {r["key"] for r in scores if r["qa_accuracy"] < threshold}
+    assert len(below) > 0
+    cfg = load_caption_config(None, [f"root={root}", "version=alt-qa", "backend=reference", f"corpus={corpus}",
+                                     "parent=alt", f"select.qa_below={threshold}", "progress=false"])
+    summary = caption(cfg)
+    assert summary["selected"] == len(below)
+    stats = caption_stats(str(root), "alt-qa")
+    assert stats["rows_by_version"] == {k: v for k, v in {"alt": 16 - len(below), "alt-qa": len(below)}.items() if v}
+    assert stats["levels"]["level_6"]["words_mean"] > stats["levels"]["level_1"]["words_mean"]
+    assert stats["levels"]["level_1"]["repeated_rate"] >= 0
+    assert Storage(str(root)).exists("stats/captions/alt-qa.json")
+
+
+def test_llm_judge_answers_by_guided_choice_with_the_embedded_smollm2(tmp_path):
+    """The real SmolLM2-135M through vLLM on the CPU (slow: ~1 s per question); one image, level 6."""
+    from captioner.qa import CHOICES, UNKNOWN, caption_qa
+    from model.text_encoder import resolve_source
+
+    root = scenes_dataset(tmp_path, n=4, sizes="96x96", shard_size=4)
+    summary = caption_qa(str(root), "reference", str(tmp_path / "corpus"), llm=str(resolve_source("smollm2")),
+                         max_keys=1, llm_levels=(6,))
+    llm = summary["accuracy"]["llm"]
+    assert set(llm["all"]) == {"level_6"} and 0.0 <= llm["all"]["level_6"] <= 1.0
+    allowed = {c for cs in CHOICES.values() for c in cs} | {UNKNOWN}
+    assert set(summary["llm_answers"]) <= allowed and sum(summary["llm_answers"].values()) == summary["questions"]

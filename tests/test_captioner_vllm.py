@@ -60,7 +60,7 @@ def test_engine_in_ray_data_actors_captions_every_key_once(tmp_path, tiny_vlm, t
     summary = caption(load_caption_config(None, base))
     assert summary["this_run"] == {**summary["this_run"], "shards": 3, "rows": 12, "ok": 12}
     meta = CaptionVersion.load(Storage(str(root)), "v1")
-    assert meta.backend == "vllm" and meta.prompt_set["id"] == "six-levels-short" and meta.model == "tiny-qwen2-vl"
+    assert meta.backend == "vllm" and meta.prompt_set["id"] == "six-levels-smoke" and meta.model == "tiny-qwen2-vl"
     rows = _check_exactly_once(root, "v1")
     _assert_valid(rows, tiny_prompt_set)
     # (a noise model can still need a retry: byte tokens that are not whole UTF-8 characters are

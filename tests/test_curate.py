@@ -263,13 +263,21 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
     assert head.poll() is not None
 
 
-def test_demo_curates_its_corpus_and_a_second_run_reuses_it(tmp_path):
+def test_demo_curates_and_captions_its_corpus_and_a_second_run_reuses_it(tmp_path):
     cmd = [*deepfusion_cmd(), "demo", "--workdir", str(tmp_path / "demo"), "--n", "40"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "dataset verify: ok" in first.stdout and "40 input rows" in first.stdout
     report = verify_dataset(str(tmp_path / "demo" / "dataset"))
     assert report.ok and report.samples > 30
+    # captions: ground truth for every sample, the tiny VLM's (noise, but valid six-level JSON) for shard 0
+    from datapipe.contract import Dataset
+
+    ds = Dataset(str(tmp_path / "demo" / "dataset"))
+    assert set(ds.caption_versions()) == {"reference", "tiny-vlm"}
+    vlm = ds.captions("tiny-vlm").shard("000000").to_pylist()
+    assert len(vlm) == ds.shard("000000").samples and all(r["status"] == "ok" for r in vlm)
+    assert "caption QA of reference" in first.stdout and "captions tiny-vlm" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "this run: 0 shard(s)" in second.stdout  # reused, not redone
+    assert second.stdout.count("this run: 0 shard(s)") == 2  # curation and VLM captions reused, not redone

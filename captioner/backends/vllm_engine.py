@@ -24,6 +24,10 @@ def engine_env(engine: EngineConfig) -> None:
     """Process settings vLLM reads at start-up (set before `vllm.LLM` is built)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model is a local folder: never reach a hub
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.kv_cache_gib))  # ignored on GPUs
+    if engine.num_gpus == 0:
+        # Ray sets OMP_NUM_THREADS to an actor's (fractional -> 1) CPU count; the CPU engine would
+        # then compute on one thread while the machine has more
+        os.environ["OMP_NUM_THREADS"] = str(engine.cpu_threads or os.cpu_count() or 1)
 
 
 def build_llm(model: str, engine: EngineConfig, seed: int | None = 0):

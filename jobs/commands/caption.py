@@ -70,6 +70,39 @@ def _recaption(args: argparse.Namespace) -> int:
     return _caption(args)
 
 
+QA_EPILOG = """\
+examples:
+  deepfusion caption-qa /tmp/ds v1 --corpus /tmp/scenes
+  deepfusion caption-qa /tmp/ds reference --corpus /tmp/scenes --llm smollm2 --llm-levels 1,6
+
+Questions (colour, shape, count, position, text, background) come from each scene's graph; every
+caption level is asked each one. Judges: a deterministic matcher (always) and, with --llm, an LLM
+served by vLLM that picks an answer by guided choice (about a second per question and level on a
+CPU: use --max-keys / --llm-levels there). Writes stats/caption_qa/<version>/{summary.json,
+per_key.parquet}; `recaption select.qa_below=X` reads per_key.parquet.
+"""
+
+
+def _caption_qa(args: argparse.Namespace) -> int:
+    from captioner.qa import caption_qa, format_qa
+
+    llm = None
+    if args.llm:
+        from model.text_encoder import resolve_source
+
+        llm = str(resolve_source(args.llm))
+    levels = tuple(int(v) for v in args.llm_levels.split(","))
+    print(format_qa(caption_qa(args.root, args.version, args.corpus, llm, args.max_keys, levels)))
+    return 0
+
+
+def _caption_stats(args: argparse.Namespace) -> int:
+    from captioner.stats import caption_stats, format_stats
+
+    print(format_stats(caption_stats(args.root, args.version)))
+    return 0
+
+
 def _add(sub, formatter, name: str, help: str, epilog: str, handler) -> None:
     p = sub.add_parser(name, help=help, description=__doc__, epilog=epilog, formatter_class=formatter)
     p.add_argument("--config", default="embedded", help="a YAML file or a bundled profile name")
@@ -83,3 +116,17 @@ def register(sub, formatter) -> None:
          CAPTION_EPILOG, _caption)
     _add(sub, formatter, "recaption", "regenerate a selected subset of a caption version as an overlay version",
          RECAPTION_EPILOG, _recaption)
+    p = sub.add_parser("caption-qa", help="CapsBench-style QA of a caption version against scene graphs",
+                       description=__doc__, epilog=QA_EPILOG, formatter_class=formatter)
+    p.add_argument("root", help="the dataset root")
+    p.add_argument("version", help="the caption version to judge (overlays resolved)")
+    p.add_argument("--corpus", required=True, help="the scenes corpus the dataset was curated from")
+    p.add_argument("--llm", help="LLM judge: 'smollm2' (embedded), a local model folder or a .gguf file")
+    p.add_argument("--llm-levels", default="1,2,3,4,5,6", help="levels the LLM judge answers from")
+    p.add_argument("--max-keys", type=int, help="judge at most about this many images")
+    p.set_defaults(run=_caption_qa)
+    p = sub.add_parser("caption-stats", help="words per level, vocabulary and repeated-caption rate of a version",
+                       description=__doc__, formatter_class=formatter)
+    p.add_argument("root", help="the dataset root")
+    p.add_argument("version", help="the caption version (overlays resolved)")
+    p.set_defaults(run=_caption_stats)
