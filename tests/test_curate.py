@@ -244,11 +244,15 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
             assert head.poll() is None, head.stdout.read()
             assert time.time() < deadline, "the Ray head did not come up"
             time.sleep(1)
-        submit = subprocess.run(
-            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
-             f"output={root}", "shard_size=20", *FAST],
-            env=env, capture_output=True, text=True, timeout=400)
+        while True:  # `job list` answers before the head's job agent is up: submitting may be refused
+            submit = subprocess.run(
+                [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+                 sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
+                 f"output={root}", "shard_size=20", *FAST],
+                env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent to submit job" not in submit.stderr + submit.stdout or time.time() > deadline:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
         assert "joined the running Ray cluster" in submit.stdout + submit.stderr
         assert "succeeded" in submit.stdout
