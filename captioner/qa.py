@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datapipe.contract import LEVEL_COLUMNS, Dataset, Storage, utc_now
+from datapipe.contract.shards import table_to_parquet_bytes
 from datapipe.scenes.describe import NUMBER_WORDS, ORDINALS
 from datapipe.scenes.graph import BACKGROUNDS, COLORS, SHAPES, WORDS, Scene, position_phrase
 
@@ -119,15 +120,9 @@ def match(question: Question, caption: str) -> bool:
         return bool(_mentions(t, q.color, q.answer))
     if q.category == "count":
         n = [k for k, v in NUMBER_WORDS.items() if v == q.answer][0]
-        stated = set()
-        for i in _mentions(t, q.color, q.shape):
-            for k in range(max(0, i - 2), i):  # "two small pink squares", "a red circle"
-                if t[k] in _NUMBER:
-                    stated.add(_NUMBER[t[k]])
-                if t[k] in _ORDINAL:  # "the first ... the second pink square": the highest ordinal counts
-                    stated.add(("ordinal", _ORDINAL[t[k]]))
-        ordinals = [v[1] for v in stated if isinstance(v, tuple)]
-        numbers = {v for v in stated if not isinstance(v, tuple)}
+        before = [t[k] for i in _mentions(t, q.color, q.shape) for k in range(max(0, i - 2), i)]
+        numbers = {_NUMBER[w] for w in before if w in _NUMBER}  # "two small pink squares", "a red circle"
+        ordinals = [_ORDINAL[w] for w in before if w in _ORDINAL]  # "the first ... the second pink square"
         return n in numbers or (bool(ordinals) and max(ordinals) == n)
     if q.category == "position":
         return any(_phrase_at(t, k, q.answer) for i in _mentions(t, q.color, q.shape)
@@ -145,11 +140,12 @@ class LlmJudge:
     """An LLM (vLLM offline engine) answering each question from a caption by guided choice."""
 
     def __init__(self, model: str, kv_cache_gib: int = 1, max_num_seqs: int = 64):
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
+
+        from .backends.vllm_engine import engine_env
+        from .config import EngineConfig
+
+        engine_env(EngineConfig(kv_cache_gib=kv_cache_gib, num_gpus=0))
 
         self.model = model
         self.llm = LLM(model=model, max_model_len=2048, max_num_seqs=max_num_seqs, enforce_eager=True, seed=0,
@@ -220,7 +216,7 @@ def caption_qa(root: str, version: str, corpus: str, llm: str | None = None, max
                    keys=len({k for k, *_ in items}), questions=len(items) // len(LEVEL_COLUMNS), created_at=utc_now())
     storage = Storage(root)
     per_key = _per_key(items, verdicts["matcher"])
-    storage.write_atomic(f"{QA_DIR}/{version}/per_key.parquet", _parquet(per_key))
+    storage.write_atomic(f"{QA_DIR}/{version}/per_key.parquet", table_to_parquet_bytes(per_key))
     storage.write_atomic(f"{QA_DIR}/{version}/summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     return summary
 
@@ -248,12 +244,6 @@ def _per_key(items, ok: list[bool]) -> pa.Table:
     keys = sorted(cells)
     return pa.table({"key": keys, "qa_accuracy": [cells[k][0] / cells[k][1] for k in keys],
                      "questions": [cells[k][1] for k in keys]})
-
-
-def _parquet(table: pa.Table) -> bytes:
-    from datapipe.contract.shards import table_to_parquet_bytes
-
-    return table_to_parquet_bytes(table)
 
 
 def format_qa(summary: dict) -> str:

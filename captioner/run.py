@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from datapipe.contract import (
@@ -207,7 +208,7 @@ def _run_ray_vllm(cfg: CaptionConfig, dataset: Dataset, pending: dict, commit) -
     counts: collections.Counter = collections.Counter()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for sid in set(batch.column("shard").to_pylist()):
-            part = batch.filter(pa.compute.equal(batch.column("shard"), sid)).drop_columns(["shard"])
+            part = batch.filter(pc.equal(batch.column("shard"), sid)).drop_columns(["shard"])
             buffers[sid].append(part)
             counts[sid] += part.num_rows
             if counts[sid] == expected[sid]:
