@@ -84,4 +84,4 @@ def select_rows(storage: Storage, parent: str, select: SelectConfig) -> dict[str
 def _join_qa(con, rows: pa.Table, qa: pa.Table) -> pa.Table:
     con.register("rows_in", rows)
     con.register("qa", qa)
-    return con.execute("SELECT r.*, qa.qa_accuracy FROM rows_in r LEFT JOIN qa USING (key)").to_arrow_table()
+    return con.sql("SELECT r.*, qa.qa_accuracy FROM rows_in r LEFT JOIN qa USING (key)").to_arrow_table()

@@ -15,9 +15,9 @@ from jobs import compat
 
 compat.install()  # also done by the venv's .pth file; harmless twice, needed if run elsewhere
 
-from jobs.commands import CommandError, caption, curate, dataset, demo, model, scenes, train  # noqa: E402
+from jobs.commands import CommandError, caption, curate, dataset, demo, model, scenes, stats, train  # noqa: E402
 
-GROUPS = [demo, scenes, curate, caption, dataset, model, train]
+GROUPS = [demo, scenes, curate, caption, stats, dataset, model, train]
 
 DESCRIPTION = """\
 deepfusion turns image URL lists into a trained deep-fusion text-to-image model:

@@ -28,6 +28,18 @@ case "$PROFILE" in
   *) echo "setup: unknown DEEPFUSION_PROFILE=$PROFILE (use cpu or gpu)" >&2; exit 2 ;;
 esac
 
+# The browser the dashboard tests drive: Debian's chromium (Playwright is told its path and never
+# downloads a browser of its own). Checked on every run; installed only where it is missing.
+if ! [[ -x /usr/bin/chromium ]]; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    echo "setup: installing Debian's chromium for the dashboard browser tests"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+      || echo "setup: warning: apt-get could not install chromium; the browser tests will fail" >&2
+  else
+    echo "setup: warning: /usr/bin/chromium is missing (apt-get install chromium as root); the browser tests will fail" >&2
+  fi
+fi
+
 STAMP="$VENV/.deepfusion-setup"
 inputs_hash=$(cat pyproject.toml "$REQS" ${LOCK:+"$LOCK"} scripts/setup.sh | sha256sum | cut -c1-16)
 want="$PROFILE $inputs_hash"

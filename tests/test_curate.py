@@ -227,14 +227,18 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
     """`ray start --head` on 127.0.0.1, `ray job submit --working-dir .`, result checked on disk;
     only the cluster this test started is stopped (its process group), never `ray stop`."""
     corpus, server = served_corpus(tmp_path / "corpus", n=40, seed=4, faults=0.1, fault_names=["http_404", "html"])
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp = Path("/tmp") / f"ray-test-{gcs}"  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}", "--include-dashboard=true",
+         # the job agent's ports too: Ray's fixed defaults (52365...) may still be held by a Ray
+         # that an earlier test started, and then no agent ever comes up to take the job
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     root = tmp_path / "ds"
     try:
@@ -244,13 +248,14 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
             assert head.poll() is None, head.stdout.read()
             assert time.time() < deadline, "the Ray head did not come up"
             time.sleep(1)
+        agent_deadline = time.time() + 120
         while True:  # `job list` answers before the head's job agent is up: submitting may be refused
             submit = subprocess.run(
                 [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                  sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
                  f"output={root}", "shard_size=20", *FAST],
                 env=env, capture_output=True, text=True, timeout=400)
-            if "No available agent to submit job" not in submit.stderr + submit.stdout or time.time() > deadline:
+            if "No available agent to submit job" not in submit.stderr + submit.stdout or time.time() > agent_deadline:
                 break
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
@@ -285,3 +290,9 @@ def test_demo_curates_and_captions_its_corpus_and_a_second_run_reuses_it(tmp_pat
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("this run: 0 shard(s)") == 2  # curation and VLM captions reused, not redone
+    # statistics and the offline dashboard: the first run read the shards, the second only the cache
+    summary = json.loads((tmp_path / "demo" / "dataset" / "stats" / "summary.json").read_text())
+    assert summary["headline"]["inputs"] == 40 and summary["headline"]["samples"] == report.samples
+    assert {v["version"] for v in summary["captions"]} == {"reference", "tiny-vlm"}
+    assert "this run read 0 shard(s) and 0 caption shard(s)" in second.stdout
+    assert (tmp_path / "demo" / "dashboard.html").stat().st_size > 1_000_000  # Plotly inlined: works offline

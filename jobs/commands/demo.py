@@ -10,7 +10,7 @@ import argparse
 import socket
 from pathlib import Path
 
-NOT_BUILT = ["stats + dashboard (jobs)"]
+NOT_BUILT = ["eval scenes (the prompt-following benchmark)"]
 # Built, but the demo does not chain it yet (it needs captioned shards): run by hand.
 NOT_CHAINED = ["train (deepfusion train; see README, Training)"]
 # The corpus server is on loopback: its hung and dripping URLs need not be waited on for long.
@@ -37,14 +37,14 @@ def _demo(args: argparse.Namespace) -> int:
     corpus = work / "corpus"
     port = _free_port()
     dataset = work / "dataset"
-    print(f"[1/5] synthetic scenes corpus: {args.n} URL rows -> {corpus}")
+    print(f"[1/6] synthetic scenes corpus: {args.n} URL rows -> {corpus}")
     make_corpus(corpus, CorpusConfig(n=args.n, seed=args.seed, faults=0.05, duplicates=0.03,
                                      base_url=f"http://127.0.0.1:{port}"))
     with ScenesServer(corpus) as server:
         urls = pq.read_table(corpus / "urls.parquet").column("URL").to_pylist()
         ok = sum(requests.get(u, timeout=10).ok for u in urls[:20])
-        print(f"[2/5] serving it on {server.url}: {ok}/20 of the first URLs answered 200")
-        print(f"[3/5] curating it (img2dataset on a local Ray, filters, dedup) -> {dataset}")
+        print(f"[2/6] serving it on {server.url}: {ok}/20 of the first URLs answered 200")
+        print(f"[3/6] curating it (img2dataset on a local Ray, filters, dedup) -> {dataset}")
         from datapipe.config import load_curate_config
         from datapipe.contract import verify_dataset
         from datapipe.curate import curate, format_summary
@@ -57,10 +57,13 @@ def _demo(args: argparse.Namespace) -> int:
     report = verify_dataset(str(dataset))
     print(f"dataset verify: {'ok' if report.ok else 'PROBLEMS: ' + str(report.problems[:3])}")
     _caption(work, corpus, dataset)
+    dashboard = _stats_and_dashboard(work, dataset)
     print("\nnot built yet, so not run: " + ", ".join(NOT_BUILT))
     print("built but not run by the demo yet: " + ", ".join(NOT_CHAINED))
     print(f"\nartifacts:\n  URL list      {corpus / 'urls.parquet'}\n  ground truth  {corpus / 'ground_truth.parquet'}"
-          f"\n  dataset       {dataset}  (manifest.json, shards/, rejects/, captions/, stats/, logs/)")
+          f"\n  dataset       {dataset}  (manifest.json, shards/, rejects/, captions/, stats/, logs/)"
+          f"\n  statistics    {dataset / 'stats' / 'summary.json'}"
+          f"\n  dashboard     {dashboard}  (offline; or live: deepfusion dashboard {dataset})")
     return 0 if report.ok else 1
 
 
@@ -73,7 +76,7 @@ def _caption(work: Path, corpus: Path, dataset: Path) -> None:
     from jobs.commands import config_path
 
     base = [f"root={dataset}", "progress=false"]
-    print("[4/5] captions: the scenes ground truth (reference backend), then a tiny random Qwen2-VL "
+    print("[4/6] captions: the scenes ground truth (reference backend), then a tiny random Qwen2-VL "
           "through the vLLM engine on the first shard")
     caption(load_caption_config(config_path("caption", "embedded"),
                                 [*base, "version=reference", "backend=reference", f"corpus={corpus}"]))
@@ -81,10 +84,20 @@ def _caption(work: Path, corpus: Path, dataset: Path) -> None:
     summary = caption(load_caption_config(config_path("caption", "embedded"),
                                           [*base, "version=tiny-vlm", f"model={model}", *VLM_OVERRIDES]))
     print(format_summary(summary))
-    print("[5/5] caption QA against the scene graphs, and caption statistics")
+    print("[5/6] caption QA against the scene graphs, and caption statistics")
     for version in ("reference", "tiny-vlm"):
         print(format_qa(caption_qa(str(dataset), version, str(corpus))))
     print(format_stats(caption_stats(str(dataset), "tiny-vlm")))
+
+
+def _stats_and_dashboard(work: Path, dataset: Path) -> Path:
+    from jobs.commands import config_path
+    from jobs.dashboard import export_html
+    from jobs.statistics import format_summary, load_stats_config, run_stats
+
+    print("[6/6] dataset statistics (DuckDB, incremental) and the dashboard as one offline HTML file")
+    print(format_summary(run_stats(load_stats_config(config_path("stats", "embedded"), [f"root={dataset}"]))))
+    return export_html(str(dataset), work / "dashboard.html")
 
 
 def register(sub, formatter) -> None:
