@@ -138,7 +138,7 @@ def cache_caption_shard(storage: Storage, version: str, shard_id: str, cfg: Stat
     rows = read_columns(storage, f"captions/{version}/{shard_id}.parquet",
                         ["key", *LEVEL_COLUMNS, "status", "finish_reason", "prompt_id", "error"])
     rows = with_nulls(rows, ["finish_reason", "prompt_id", "error"], pa.string())
-    keep = pa.array([k in gallery_keys(storage, shard_id) for k in rows.column("key").to_pylist()], pa.bool_())
+    keep = pc.is_in(rows.column("key"), value_set=pa.array(sorted(gallery_keys(storage, shard_id)), pa.string()))
     cols = {"key": rows.column("key"), "shard": pa.array([shard_id] * rows.num_rows, pa.string()),
             "status": rows.column("status"), "finish_reason": rows.column("finish_reason"),
             "prompt_id": rows.column("prompt_id"),
