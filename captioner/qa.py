@@ -171,6 +171,12 @@ class LlmJudge:
         outs = self.llm.generate([self.prompt(c, q) for c, q in items], params, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outs]
 
+    def close(self) -> None:
+        """Stop the engine's processes now: dropping the object leaves them running (and polling)
+        until the interpreter exits, which a long-lived caller (a test session, a notebook) notices."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+
 
 # -- the job -------------------------------------------------------------------------------------
 def _scenes(corpus: str | Path) -> dict[str, Scene]:
@@ -209,7 +215,11 @@ def caption_qa(root: str, version: str, corpus: str, llm: str | None = None, max
     summary = _aggregate(items, verdicts)
     if llm:
         asked = [it for it in items if it[1] in llm_levels]
-        answers = LlmJudge(llm).answer([(cap, q) for _, _, q, cap in asked])
+        judge = LlmJudge(llm)
+        try:
+            answers = judge.answer([(cap, q) for _, _, q, cap in asked])
+        finally:
+            judge.close()
         summary["accuracy"].update(_aggregate(asked, {"llm": [a == q.answer for a, (_, _, q, _) in zip(answers, asked)]})["accuracy"])
         summary["llm_answers"] = {a: answers.count(a) for a in sorted(set(answers))}
     summary.update(version=version, corpus=str(corpus), judges={"matcher": "deterministic", "llm": llm},

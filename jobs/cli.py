@@ -16,8 +16,9 @@ from jobs import compat
 compat.install()  # also done by the venv's .pth file; harmless twice, needed if run elsewhere
 
 from jobs.commands import CommandError, caption, curate, dataset, demo, model, scenes, stats, train  # noqa: E402
+from jobs.commands import eval as eval_  # noqa: E402
 
-GROUPS = [demo, scenes, curate, caption, stats, dataset, model, train]
+GROUPS = [demo, scenes, curate, caption, stats, dataset, model, train, eval_]
 
 DESCRIPTION = """\
 deepfusion turns image URL lists into a trained deep-fusion text-to-image model:

@@ -272,9 +272,11 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
     assert head.poll() is not None
 
 
-def test_demo_curates_and_captions_its_corpus_and_a_second_run_reuses_it(tmp_path):
-    cmd = [*deepfusion_cmd(), "demo", "--workdir", str(tmp_path / "demo"), "--n", "40"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+def test_shortened_demo_runs_every_stage_end_to_end_and_a_second_run_reuses_it(tmp_path):
+    """The README's first command, shortened: 40 URLs, 6 training steps, 3 prompts per category."""
+    cmd = [*deepfusion_cmd(), "demo", "--workdir", str(tmp_path / "demo"), "--n", "40", "--train-steps", "6",
+           "--eval-prompts", "3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "dataset verify: ok" in first.stdout and "40 input rows" in first.stdout
     report = verify_dataset(str(tmp_path / "demo" / "dataset"))
@@ -287,7 +289,18 @@ def test_demo_curates_and_captions_its_corpus_and_a_second_run_reuses_it(tmp_pat
     vlm = ds.captions("tiny-vlm").shard("000000").to_pylist()
     assert len(vlm) == ds.shard("000000").samples and all(r["status"] == "ok" for r in vlm)
     assert "caption QA of reference" in first.stdout and "captions tiny-vlm" in first.stdout
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    # training on SmolLM2, then samples and the benchmark for held-out prompts
+    demo = tmp_path / "demo"
+    train_summary = json.loads((demo / "train" / "summary.json").read_text())
+    assert train_summary["steps"] == 6 and train_summary["images"] == 96
+    evaluation = json.loads((demo / "eval" / "report.json").read_text())
+    assert set(evaluation["model"]) == {"colour", "rgb", "shape", "count", "position", "binding", "overall"}
+    assert all(evaluation["model"][c]["n"] == 3 for c in evaluation["model"] if c != "overall")
+    grid = Image.open(demo / "eval" / "samples.png")
+    assert grid.size[1] > 6 * 32 and len(set(grid.convert("L").getdata())) > 10  # six rows of real pixels
+    for name in ("training run", "sample grid", "eval report", "dashboard", "statistics"):
+        assert name in first.stdout, name
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("this run: 0 shard(s)") == 2  # curation and VLM captions reused, not redone
     # statistics and the offline dashboard: the first run read the shards, the second only the cache
@@ -296,3 +309,5 @@ def test_demo_curates_and_captions_its_corpus_and_a_second_run_reuses_it(tmp_pat
     assert {v["version"] for v in summary["captions"]} == {"reference", "tiny-vlm"}
     assert "this run read 0 shard(s) and 0 caption shard(s)" in second.stdout
     assert (tmp_path / "demo" / "dashboard.html").stat().st_size > 1_000_000  # Plotly inlined: works offline
+    # training resumed from its final checkpoint: no step was trained again
+    assert "step 6/6" in first.stderr and "step 6/6" not in second.stderr and "resumed from step 6" in second.stderr

@@ -12,7 +12,7 @@ from datapipe.contract import CaptionSet, Storage
 from jobs.statistics import load_stats_config, run_stats
 from jobs.statistics.aggregate import GALLERY, SUMMARY
 from jobs.statistics.synthetic import make_dataset, write_captions, write_shard
-from tests.conftest import ROOT, deepfusion_cmd
+from conftest import ROOT, deepfusion_cmd
 
 
 def truth(root) -> dict:

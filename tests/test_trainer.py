@@ -236,6 +236,15 @@ def test_a_tiny_model_learns_the_named_colour(tmp_path, tiny_llm, artifacts_dir)
     accuracy = sum(f == w for f, w in zip(found, wanted)) / len(wanted)
     assert accuracy >= 0.4, list(zip(wanted, found))  # chance is 1/9; P(>= 11 of 27 by chance) < 1e-4
 
+    # the same checkpoint through the benchmark CLI: held-out prompts, colour clearly above chance
+    ev = run([*deepfusion_cmd(), "eval", "scenes", str(run_dir), "--categories", "colour", "shape",
+              "--per-category", "27", "--seeds", "0", "--steps", "16", "--out", str(tmp_path / "eval")])
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["resolution"] == [32, 32] and report["ground_truth"]["colour"]["accuracy"] >= 0.97
+    assert report["model"]["colour"]["ci95"][0] > report["chance"]["colour"]["ci95"][1], report["model"]
+    assert (tmp_path / "eval" / "grid_colour.png").exists() and "eval scenes:" in ev.stdout
+
 
 def test_zero3_bf16_with_activation_checkpointing_trains_and_resumes(tmp_path, dataset, tiny_llm):
     run_dir = tmp_path / "run"

@@ -126,7 +126,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--max-keys", type=int, help="judge at most about this many images")
     p.set_defaults(run=_caption_qa)
     p = sub.add_parser("caption-stats", help="words per level, vocabulary and repeated-caption rate of a version",
-                       description=__doc__, formatter_class=formatter)
+                       description=__doc__, formatter_class=formatter,
+                       epilog="example: deepfusion caption-stats runs/curated qwen2vl-v1   (writes "
+                       "ROOT/stats/captions/VERSION.json; `deepfusion stats` covers every version at once)")
     p.add_argument("root", help="the dataset root")
     p.add_argument("version", help="the caption version (overlays resolved)")
     p.set_defaults(run=_caption_stats)

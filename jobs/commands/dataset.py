@@ -67,6 +67,11 @@ def register(sub, formatter) -> None:
     verify.add_argument("root", help="dataset root: a path or an fsspec URI")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(run=_verify)
-    info = gsub.add_parser("info", help="shards, samples, rejects by reason, caption versions", formatter_class=formatter)
+    info = gsub.add_parser(
+        "info", help="shards, samples, rejects by reason, caption versions", formatter_class=formatter,
+        description="A quick summary from the manifest and the rejects files: committed shards, samples, "
+        "rejects by stage and reason, and the caption versions with the shards each covers. For the full "
+        "statistics (histograms, scores, caption words, progress) run `deepfusion stats ROOT`.",
+        epilog="example: deepfusion dataset info runs/curated")
     info.add_argument("root", help="dataset root: a path or an fsspec URI")
     info.set_defaults(run=_info)

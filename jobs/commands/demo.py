@@ -1,18 +1,21 @@
 """`deepfusion demo`: the main job end to end on embedded defaults (the README's first command).
 
-It runs every stage that is built, on a small synthetic corpus served from loopback, and says
-plainly which stages are not built yet instead of pretending they ran.
+Every stage runs on a small synthetic corpus served from loopback: curation, captions, caption
+QA, training on the real SmolLM2-135M, samples and the prompt-following benchmark on held-out
+prompts, statistics and the dashboard. Each stage resumes: a second run reuses what is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
-NOT_BUILT = ["eval scenes (the prompt-following benchmark)"]
-# Built, but the demo does not chain it yet (it needs captioned shards): run by hand.
-NOT_CHAINED = ["train (deepfusion train; see README, Training)"]
+from jobs.commands import CommandError
+
+STEPS = 8
 # The corpus server is on loopback: its hung and dripping URLs need not be waited on for long.
 CURATE_OVERRIDES = ["download.timeout_s=3", "download.deadline_s=5", "download.retries=0", "shard_size=100"]
 # The VLM is a tiny random Qwen2-VL (no pretrained VLM can be had offline): its words are noise,
@@ -37,14 +40,14 @@ def _demo(args: argparse.Namespace) -> int:
     corpus = work / "corpus"
     port = _free_port()
     dataset = work / "dataset"
-    print(f"[1/6] synthetic scenes corpus: {args.n} URL rows -> {corpus}")
+    print(f"[1/{STEPS}] synthetic scenes corpus: {args.n} URL rows -> {corpus}")
     make_corpus(corpus, CorpusConfig(n=args.n, seed=args.seed, faults=0.05, duplicates=0.03,
                                      base_url=f"http://127.0.0.1:{port}"))
     with ScenesServer(corpus) as server:
         urls = pq.read_table(corpus / "urls.parquet").column("URL").to_pylist()
         ok = sum(requests.get(u, timeout=10).ok for u in urls[:20])
-        print(f"[2/6] serving it on {server.url}: {ok}/20 of the first URLs answered 200")
-        print(f"[3/6] curating it (img2dataset on a local Ray, filters, dedup) -> {dataset}")
+        print(f"[2/{STEPS}] serving it on {server.url}: {ok}/20 of the first URLs answered 200")
+        print(f"[3/{STEPS}] curating it (img2dataset on a local Ray, filters, dedup) -> {dataset}")
         from datapipe.config import load_curate_config
         from datapipe.contract import verify_dataset
         from datapipe.curate import curate, format_summary
@@ -57,13 +60,16 @@ def _demo(args: argparse.Namespace) -> int:
     report = verify_dataset(str(dataset))
     print(f"dataset verify: {'ok' if report.ok else 'PROBLEMS: ' + str(report.problems[:3])}")
     _caption(work, corpus, dataset)
+    run_dir = _train(work, dataset, args)
+    evaluation = _sample_and_eval(work, run_dir, args)
     dashboard = _stats_and_dashboard(work, dataset)
-    print("\nnot built yet, so not run: " + ", ".join(NOT_BUILT))
-    print("built but not run by the demo yet: " + ", ".join(NOT_CHAINED))
     print(f"\nartifacts:\n  URL list      {corpus / 'urls.parquet'}\n  ground truth  {corpus / 'ground_truth.parquet'}"
           f"\n  dataset       {dataset}  (manifest.json, shards/, rejects/, captions/, stats/, logs/)"
           f"\n  statistics    {dataset / 'stats' / 'summary.json'}"
-          f"\n  dashboard     {dashboard}  (offline; or live: deepfusion dashboard {dataset})")
+          f"\n  dashboard     {dashboard}  (offline; or live: deepfusion dashboard {dataset})"
+          f"\n  training run  {run_dir}  (checkpoints/, metrics.jsonl, tensorboard/, samples/)"
+          f"\n  sample grid   {evaluation['samples_grid']['path']}  (held-out prompts, a row per category)"
+          f"\n  eval report   {evaluation['written']}")
     return 0 if report.ok else 1
 
 
@@ -76,7 +82,7 @@ def _caption(work: Path, corpus: Path, dataset: Path) -> None:
     from jobs.commands import config_path
 
     base = [f"root={dataset}", "progress=false"]
-    print("[4/6] captions: the scenes ground truth (reference backend), then a tiny random Qwen2-VL "
+    print(f"[4/{STEPS}] captions: the scenes ground truth (reference backend), then a tiny random Qwen2-VL "
           "through the vLLM engine on the first shard")
     caption(load_caption_config(config_path("caption", "embedded"),
                                 [*base, "version=reference", "backend=reference", f"corpus={corpus}"]))
@@ -84,10 +90,43 @@ def _caption(work: Path, corpus: Path, dataset: Path) -> None:
     summary = caption(load_caption_config(config_path("caption", "embedded"),
                                           [*base, "version=tiny-vlm", f"model={model}", *VLM_OVERRIDES]))
     print(format_summary(summary))
-    print("[5/6] caption QA against the scene graphs, and caption statistics")
+    print(f"[5/{STEPS}] caption QA against the scene graphs, and caption statistics")
     for version in ("reference", "tiny-vlm"):
         print(format_qa(caption_qa(str(dataset), version, str(corpus))))
     print(format_stats(caption_stats(str(dataset), "tiny-vlm")))
+
+
+def _die_with_parent() -> None:
+    """In the training child: get SIGTERM if the demo process dies (killed, timed out), so no
+    orphaned trainer keeps the CPUs busy. Ctrl-C reaches both anyway (same process group)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _train(work: Path, dataset: Path, args: argparse.Namespace) -> Path:
+    run_dir = work / "train"
+    print(f"[6/{STEPS}] training a deep-fusion DiT on the reference captions, conditioned on every layer of the "
+          f"real SmolLM2-135M ({args.train_steps} steps, config {args.train_config}; resumes if interrupted)",
+          flush=True)
+    # A process of its own: DeepSpeed's process group and the trainer's threads stay out of this
+    # one (which ran Ray and a vLLM engine); its log streams straight to the terminal.
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "--config", args.train_config, f"run_dir={run_dir}",
+           f"data.root={dataset}", f"steps={args.train_steps}", *args.train_override]
+    rc = subprocess.call(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    if rc:
+        raise CommandError(f"training exited with {rc}; run the demo again to resume from its last checkpoint")
+    return run_dir
+
+
+def _sample_and_eval(work: Path, run_dir: Path, args: argparse.Namespace) -> dict:
+    from trainer.eval_scenes.run import EvalConfig, evaluate, format_report
+
+    print(f"[7/{STEPS}] samples for held-out prompts and the prompt-following benchmark (eval scenes)", flush=True)
+    report = evaluate(str(run_dir), EvalConfig(per_category=args.eval_prompts, seeds=[0], steps=16), work / "eval")
+    print(format_report(report))
+    return report
 
 
 def _stats_and_dashboard(work: Path, dataset: Path) -> Path:
@@ -95,7 +134,7 @@ def _stats_and_dashboard(work: Path, dataset: Path) -> Path:
     from jobs.dashboard import export_html
     from jobs.statistics import format_summary, load_stats_config, run_stats
 
-    print("[6/6] dataset statistics (DuckDB, incremental) and the dashboard as one offline HTML file")
+    print(f"[8/{STEPS}] dataset statistics (DuckDB, incremental) and the dashboard as one offline HTML file")
     print(format_summary(run_stats(load_stats_config(config_path("stats", "embedded"), [f"root={dataset}"]))))
     return export_html(str(dataset), work / "dashboard.html")
 
@@ -110,4 +149,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--workdir", default="demo", help="where every artifact goes")
     p.add_argument("--n", type=int, default=200, help="URL rows in the synthetic corpus")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--train-steps", type=int, default=300, help="training steps (global batch 16)")
+    p.add_argument("--train-config", default="demo", help="a train profile (demo, small, ...) or a YAML file")
+    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra train config overrides, e.g. model.dit.depth=12 (repeatable)")
+    p.add_argument("--eval-prompts", type=int, default=20, help="held-out prompts per benchmark category")
     p.set_defaults(run=_demo)

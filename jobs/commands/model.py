@@ -42,7 +42,11 @@ def register(sub, formatter) -> None:
         formatter_class=formatter,
     )
     gsub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
-    p = gsub.add_parser("list", help="one line per preset", formatter_class=formatter)
+    p = gsub.add_parser("list", help="one line per preset", formatter_class=formatter,
+                        description="One line per model preset: DiT parameters, the LLM it reads, resolution "
+                        "and training FLOPs per image. `deepfusion model info PRESET` shows one in detail; "
+                        "a training config picks one with model.preset=NAME.",
+                        epilog="example: deepfusion model list")
     p.set_defaults(run=_list)
     p = gsub.add_parser("info", help="one preset in detail", formatter_class=formatter,
                         description="Example: deepfusion model info small --json")

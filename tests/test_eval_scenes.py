@@ -1,0 +1,82 @@
+"""The prompt-following benchmark's analyser: ~100% on ground-truth renders, chance on unrelated
+images, and intervals that mean what they say. (A trained checkpoint is scored in test_trainer.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datapipe.scenes.render import render
+from conftest import ROOT, deepfusion_cmd
+from trainer.eval_scenes import CATEGORIES, calibrate, check, facts_from_image, facts_from_scene, make_specs
+from trainer.eval_scenes.run import chance, ground_truth, summarise, wilson
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (48, 32)])
+def test_ground_truth_renders_score_near_100_percent(size):
+    report = ground_truth(make_specs(40, size, seed=3), size)
+    for category in CATEGORIES:
+        assert report[category]["accuracy"] >= 0.97, (category, report[category])
+
+
+def test_unrelated_images_score_at_chance_and_noise_scores_nothing():
+    """Each prompt scored on the render of another prompt of its category: the analyser must
+    agree with the scene graphs pair by pair, so its accuracy is chance (computed from graphs)."""
+    size = (64, 64)
+    specs = make_specs(60, size, seed=11)
+    calib = calibrate(size)
+    by_category: dict[str, list] = {}
+    for s in specs:
+        by_category.setdefault(s.category, []).append(s)
+    scored, hits = [], []
+    for group in by_category.values():
+        for i, spec in enumerate(group):
+            other = group[(i + 1) % len(group)]
+            hit = check(spec, facts_from_image(render(other.scene), calib))
+            assert hit == check(spec, facts_from_scene(other.scene)), (spec.prompt, other.scene)
+            scored.append(spec)
+            hits.append(hit)
+    unrelated, at_chance = summarise(scored, hits), chance(specs)
+    for c in CATEGORIES:
+        p, n = at_chance[c]["accuracy"], unrelated[c]["n"]
+        assert abs(unrelated[c]["accuracy"] - p) <= 3 * math.sqrt(p * (1 - p) / n) + 0.05, (c, unrelated[c], p)
+    assert 0.09 < at_chance["colour"]["accuracy"] < 0.13  # one of nine colours
+    assert 0.28 < at_chance["shape"]["accuracy"] < 0.39  # one of three shapes
+    # pure noise has no object regions: it follows no prompt
+    rng = np.random.default_rng(0)
+    noise = [check(s, facts_from_image(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), calib))
+             for s in specs]
+    assert sum(noise) <= 0.05 * len(specs)
+
+
+def test_specs_are_deterministic_and_prompts_name_what_is_drawn():
+    a, b = make_specs(10, (64, 64), seed=5), make_specs(10, (64, 64), seed=5)
+    assert [s.prompt for s in a] == [s.prompt for s in b] and [s.scene for s in a] == [s.scene for s in b]
+    assert [s.prompt for s in make_specs(10, (64, 64), seed=6)] != [s.prompt for s in a]
+    for s in a:
+        if s.category in ("colour", "count", "binding", "position"):
+            for o in s.scene.objects:
+                assert o.color in s.prompt and o.shape in s.prompt, (s.prompt, o)
+        if s.category == "rgb":
+            assert "RGB {}, {}, {}".format(*s.scene.objects[0].rgb) in s.prompt
+
+
+def test_wilson_interval():
+    lo, hi = wilson(5, 10)
+    assert math.isclose(lo, 0.2366, abs_tol=1e-3) and math.isclose(hi, 0.7634, abs_tol=1e-3)
+    assert wilson(0, 20)[0] == 0 and wilson(20, 20)[1] == 1 and wilson(0, 20)[1] > 0.1
+
+
+def test_cli_reference_rows(tmp_path):
+    out = subprocess.run([*deepfusion_cmd(), "eval", "scenes", "--reference-only", "--size", "32x32",
+                          "--per-category", "10"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ground truth" in out.stdout and "chance" in out.stdout and "binding" in out.stdout
+    missing = subprocess.run([*deepfusion_cmd(), "eval", "scenes"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert missing.returncode == 1 and "give a run dir or checkpoint" in missing.stderr
+    json.dumps(chance(make_specs(3, (32, 32))))  # reports are plain JSON

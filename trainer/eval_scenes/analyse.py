@@ -1,0 +1,150 @@
+"""Facts about an image (objects: colour, shape, centre, RGB, area), and the per-category checks.
+
+Two sources of facts go through the same checker:
+- `facts_from_scene`: from a scene graph (the truth; used to compute what chance is);
+- `facts_from_image`: from pixels alone. A pixel with a large channel spread is an object pixel
+  (backgrounds are neutral); its nearest named colour labels it; 8-connected regions of one
+  label are objects; specks below a minimum area are noise. The shape comes from how much of its
+  bounding box a region fills (square ~1, circle ~pi/4, triangle ~1/2), with thresholds and
+  minimum area calibrated on ground-truth renders at the resolution being scored (rasterising a
+  6-pixel circle does not give pi/4).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from datapipe.scenes.graph import COLORS, SHAPES, SIZES, Scene
+from datapipe.scenes.render import render
+
+from .specs import Spec, _obj, _place, _scene
+
+NAMES = list(COLORS)
+CANONICAL = np.array([COLORS[n] for n in NAMES], dtype=np.float32)
+MIN_CHROMA = 60
+RGB_TOLERANCE = 12  # per channel: an exact-RGB prompt is followed if the object is this close
+RELATION_MARGIN = 0.08  # centres must differ by this fraction of the image to count as left/above
+
+
+@dataclass(frozen=True)
+class Fact:
+    color: str
+    shape: str
+    cx: float  # centre as a fraction of width / height
+    cy: float
+    area: float  # pixels
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    size: tuple[int, int]
+    min_area: float  # smaller regions are noise
+    triangle_below: float  # fill ratio < this: triangle
+    square_above: float  # fill ratio > this: square; in between: circle
+    fill_means: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def regions(image: Image.Image | np.ndarray, min_area: float = 1):
+    """(colour, area, fill ratio, x, y, mean RGB) of every 8-connected region of object pixels of
+    one named colour with at least `min_area` pixels; x, y are pixel centroids."""
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    chromatic = (arr.max(-1) - arr.min(-1)) >= MIN_CHROMA
+    nearest = ((arr[..., None, :] - CANONICAL) ** 2).sum(-1).argmin(-1)
+    for idx in np.unique(nearest[chromatic]):
+        labels, n = ndimage.label(chromatic & (nearest == idx), structure=np.ones((3, 3)))
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        boxes = ndimage.find_objects(labels)
+        for k in np.nonzero(areas[1:] >= min_area)[0] + 1:  # noise makes thousands of specks: skip them cheaply
+            ys, xs = boxes[k - 1]
+            mask = labels[ys, xs] == k
+            py, px = np.nonzero(mask)
+            fill = areas[k] / mask.size
+            rgb = tuple(int(round(v)) for v in arr[ys, xs][mask].mean(0))
+            yield NAMES[idx], int(areas[k]), float(fill), float(px.mean() + xs.start), float(py.mean() + ys.start), rgb
+
+
+@lru_cache(maxsize=8)
+def calibrate(size: tuple[int, int], n: int = 40, seed: int = 7) -> Calibration:
+    """Fill ratios and areas of rendered ground-truth shapes (every size, random places) at `size`."""
+    rng = random.Random(seed)
+    fills: dict[str, list[float]] = {s: [] for s in SHAPES}
+    areas = []
+    w, h = size
+    for i in range(n):
+        for shape in SHAPES:
+            for size_name, frac in SIZES.items():
+                scene = _scene(f"cal-{i}", rng, size)
+                color = rng.choice(NAMES)
+                r = frac * min(w, h)
+                cx, cy = _place(rng, w, h, r, [])
+                scene.objects.append(_obj(shape, color, COLORS[color], size_name, cx, cy, r))
+                for _, area, fill, _, _, _ in regions(render(scene)):
+                    fills[shape].append(fill)
+                    areas.append(area)
+    means = {s: float(np.mean(v)) for s, v in fills.items()}
+    if not means["triangle"] < means["circle"] < means["square"]:
+        raise ValueError(f"at {w}x{h} the shapes cannot be told apart by fill ratio: {means}")
+    return Calibration(size=tuple(size), min_area=0.4 * float(min(areas)),
+                       triangle_below=(means["triangle"] + means["circle"]) / 2,
+                       square_above=(means["circle"] + means["square"]) / 2, fill_means=means)
+
+
+def facts_from_image(image: Image.Image, calib: Calibration | None = None) -> list[Fact]:
+    calib = calib or calibrate(tuple(image.size))
+    w, h = image.size
+    facts = []
+    for color, area, fill, x, y, rgb in regions(image, calib.min_area):
+        shape = "triangle" if fill < calib.triangle_below else "square" if fill > calib.square_above else "circle"
+        facts.append(Fact(color, shape, (x + 0.5) / w, (y + 0.5) / h, float(area), rgb))
+    return sorted(facts, key=lambda f: -f.area)
+
+
+def facts_from_scene(scene: Scene) -> list[Fact]:
+    area = {"circle": math.pi, "square": 4.0, "triangle": 1.299}  # times r^2
+    facts = [Fact(o.color, o.shape, o.cx, o.cy, area[o.shape] * o.r**2, tuple(o.rgb)) for o in scene.objects]
+    return sorted(facts, key=lambda f: -f.area)
+
+
+def _largest(facts: list[Fact], color: str) -> Fact | None:
+    return next((f for f in facts if f.color == color), None)
+
+
+def check(spec: Spec, facts: list[Fact]) -> bool:
+    """Does an image with these facts follow the prompt? One rule per category."""
+    return bool(_check(spec, facts))
+
+
+def _check(spec: Spec, facts: list[Fact]) -> bool:
+    t, c = spec.target, spec.category
+    if c == "colour":
+        totals: dict[str, float] = {}
+        for f in facts:
+            totals[f.color] = totals.get(f.color, 0) + f.area
+        return bool(totals) and max(totals, key=totals.get) == t["color"]
+    if c == "rgb":
+        return bool(facts) and max(abs(a - b) for a, b in zip(facts[0].rgb, t["rgb"])) <= RGB_TOLERANCE
+    if c == "shape":
+        return bool(facts) and facts[0].shape == t["shape"]
+    if c == "count":
+        return sum(f.color == t["color"] for f in facts) == t["n"]
+    if c == "binding":
+        a, b = _largest(facts, t["a"][0]), _largest(facts, t["b"][0])
+        return a is not None and b is not None and a.shape == t["a"][1] and b.shape == t["b"][1]
+    if c == "position":
+        a, b = _largest(facts, t["a"]), _largest(facts, t["b"])
+        if a is None or b is None:
+            return False
+        dx, dy, m = a.cx - b.cx, a.cy - b.cy, RELATION_MARGIN
+        return {"to the left of": dx < -m, "to the right of": dx > m, "above": dy < -m, "below": dy > m}[t["relation"]]
+    raise ValueError(f"unknown category {c!r}")
