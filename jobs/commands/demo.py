@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     report = verify_dataset(str(dataset))
     print(f"dataset verify: {'ok' if report.ok else 'PROBLEMS: ' + str(report.problems[:3])}")
-    _caption(work, corpus, dataset)
+    _caption(work, corpus, dataset, args)
     run_dir = _train(work, dataset, args)
     evaluation = _sample_and_eval(work, run_dir, args)
     dashboard = _stats_and_dashboard(work, dataset)
@@ -73,7 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _caption(work: Path, corpus: Path, dataset: Path) -> None:
+def _caption(work: Path, corpus: Path, dataset: Path, args: argparse.Namespace) -> None:
     from captioner.config import load_caption_config
     from captioner.qa import caption_qa, format_qa
     from captioner.run import caption, format_summary
@@ -82,18 +82,23 @@ def _caption(work: Path, corpus: Path, dataset: Path) -> None:
     from jobs.commands import config_path
 
     base = [f"root={dataset}", "progress=false"]
-    print(f"[4/{STEPS}] captions: the scenes ground truth (reference backend), then a tiny random Qwen2-VL "
-          "through the vLLM engine on the first shard")
+    vlm_version = "vlm" if args.vlm else "tiny-vlm"
+    which = f"the VLM in {args.vlm} on every shard" if args.vlm else "a tiny random Qwen2-VL on the first shard"
+    print(f"[4/{STEPS}] captions: the scenes ground truth (reference backend), then {which} through the vLLM "
+          "engine in a Ray Data actor")
     caption(load_caption_config(config_path("caption", "embedded"),
                                 [*base, "version=reference", "backend=reference", f"corpus={corpus}"]))
-    model = build_tiny_qwen2_vl(work / "models" / "tiny-qwen2-vl")
-    summary = caption(load_caption_config(config_path("caption", "embedded"),
-                                          [*base, "version=tiny-vlm", f"model={model}", *VLM_OVERRIDES]))
+    if args.vlm:  # a real VLM from a local folder: every shard, the full six-level prompt set
+        vlm = [f"model={args.vlm}", "progress=false"]
+    else:
+        vlm = [f"model={build_tiny_qwen2_vl(work / 'models' / 'tiny-qwen2-vl')}", *VLM_OVERRIDES]
+    summary = caption(load_caption_config(config_path("caption", args.caption_config),
+                                          [*base, f"version={vlm_version}", *vlm]))
     print(format_summary(summary))
     print(f"[5/{STEPS}] caption QA against the scene graphs, and caption statistics")
-    for version in ("reference", "tiny-vlm"):
+    for version in ("reference", vlm_version):
         print(format_qa(caption_qa(str(dataset), version, str(corpus))))
-    print(format_stats(caption_stats(str(dataset), "tiny-vlm")))
+    print(format_stats(caption_stats(str(dataset), vlm_version)))
 
 
 def _die_with_parent() -> None:
@@ -149,6 +154,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--workdir", default="demo", help="where every artifact goes")
     p.add_argument("--n", type=int, default=200, help="URL rows in the synthetic corpus")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--vlm", metavar="DIR", help="a local VLM folder (e.g. Qwen2-VL-2B-Instruct) instead of the tiny "
+                   "random one: captions every shard with the six-levels-v1 prompt set")
+    p.add_argument("--caption-config", default="embedded", help="caption profile (embedded, production) or a YAML file")
     p.add_argument("--train-steps", type=int, default=300, help="training steps (global batch 16)")
     p.add_argument("--train-config", default="demo", help="a train profile (demo, small, ...) or a YAML file")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
