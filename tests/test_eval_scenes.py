@@ -74,9 +74,13 @@ def test_wilson_interval():
 
 def test_cli_reference_rows(tmp_path):
     out = subprocess.run([*deepfusion_cmd(), "eval", "scenes", "--reference-only", "--size", "32x32",
-                          "--per-category", "10"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          "--config", "production", "per_category=10"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ground truth" in out.stdout and "chance" in out.stdout and "binding" in out.stdout
     missing = subprocess.run([*deepfusion_cmd(), "eval", "scenes"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 1 and "give a run dir or checkpoint" in missing.stderr
+    bad = subprocess.run([*deepfusion_cmd(), "eval", "scenes", "--reference-only", "categories=[smell]"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 1 and "categories must be a non-empty subset" in bad.stderr
     json.dumps(chance(make_specs(3, (32, 32))))  # reports are plain JSON

@@ -237,8 +237,8 @@ def test_a_tiny_model_learns_the_named_colour(tmp_path, tiny_llm, artifacts_dir)
     assert accuracy >= 0.4, list(zip(wanted, found))  # chance is 1/9; P(>= 11 of 27 by chance) < 1e-4
 
     # the same checkpoint through the benchmark CLI: held-out prompts, colour clearly above chance
-    ev = run([*deepfusion_cmd(), "eval", "scenes", str(run_dir), "--categories", "colour", "shape",
-              "--per-category", "27", "--seeds", "0", "--steps", "16", "--out", str(tmp_path / "eval")])
+    ev = run([*deepfusion_cmd(), "eval", "scenes", "--out", str(tmp_path / "eval"), str(run_dir),
+              "categories=[colour,shape]", "per_category=27", "seeds=[0]", "steps=16"])
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["resolution"] == [32, 32] and report["ground_truth"]["colour"]["accuracy"] >= 0.97

@@ -6,40 +6,44 @@ import argparse
 
 EPILOG = """\
 examples:
-  deepfusion eval scenes runs/train-small                      # 50 prompts x 2 seeds per category
-  deepfusion eval scenes runs/train-small --per-category 100 --seeds 0 1 2 --out runs/eval
-  deepfusion eval scenes --reference-only --size 64x64         # the analyser's ceiling and chance only
+  deepfusion eval scenes runs/train-small                       # 50 prompts x 2 seeds per category
+  deepfusion eval scenes --out runs/eval runs/train-small per_category=100 "seeds=[0,1,2]"
+  deepfusion eval scenes runs/train-small "categories=[colour,count]" steps=50 guidance=4.5
+  deepfusion eval scenes --reference-only --size 64x64          # the analyser's ceiling and chance only
 
 Categories: colour, rgb (exact values), shape, count, position (left/right/above/below) and
 binding (which colour goes with which shape). Each image is scored by a deterministic pixel
 analyser calibrated on ground-truth renders at the checkpoint's resolution; every report also
 shows the analyser on ground-truth renders (the ceiling) and chance (prompts judged against the
-other prompts' scenes), with Wilson 95% intervals.
+other prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml.
 """
 
 
 def _scenes(args: argparse.Namespace) -> int:
-    from trainer.eval_scenes import CATEGORIES
-    from trainer.eval_scenes.run import EvalConfig, chance, evaluate, format_report, ground_truth
+    from jobs.commands import config_path
+    from trainer.eval_scenes.run import chance, evaluate, format_report, ground_truth, load_eval_config
     from trainer.eval_scenes.specs import make_specs
 
-    categories = tuple(args.categories or CATEGORIES)
-    cfg = EvalConfig(per_category=args.per_category, seeds=args.seeds, prompt_seed=args.prompt_seed,
-                     steps=args.steps, guidance=args.guidance)
+    # one positional list: argparse cannot tell an optional CHECKPOINT from the first KEY=VALUE
+    overrides = [a for a in args.args if "=" in a]
+    checkpoints = [a for a in args.args if "=" not in a]
+    if len(checkpoints) > 1:
+        raise ValueError(f"eval scenes: one checkpoint at a time, got {checkpoints}")
+    checkpoint = checkpoints[0] if checkpoints else None
+    cfg = load_eval_config(config_path("eval", args.config), overrides)
     if args.reference_only:
         w, h = (int(v) for v in args.size.lower().split("x"))
-        specs = make_specs(cfg.per_category, (w, h), cfg.prompt_seed, categories)
-        gt, ch = ground_truth(specs, (w, h)), chance(specs)
+        specs = make_specs(cfg.per_category, (w, h), cfg.prompt_seed, tuple(cfg.categories))
         report = {"checkpoint": "(no model: reference rows only)", "resolution": [w, h], "model": None,
-                  "ground_truth": gt, "chance": ch}
+                  "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs)}
         print(format_report(report))
         return 0
-    if not args.checkpoint:
+    if not checkpoint:
         raise ValueError("eval scenes: give a run dir or checkpoint, or --reference-only")
-    report = evaluate(args.checkpoint, cfg, args.out, categories)
+    report = evaluate(checkpoint, cfg, args.out)
     print(format_report(report))
     if args.out:
-        print(f"wrote {report['written']} and grid_<category>.png beside it")
+        print(f"wrote {report['written']}, samples.png and grid_<category>.png beside it")
     return 0
 
 
@@ -48,14 +52,11 @@ def register(sub, formatter) -> None:
     inner = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     s = inner.add_parser("scenes", help="prompt following on synthetic scenes (GenEval-like), per category",
                          description=__doc__, epilog=EPILOG, formatter_class=formatter)
-    s.add_argument("checkpoint", nargs="?", help="a run dir (its latest checkpoint) or a checkpoints/step_* folder")
-    s.add_argument("--per-category", type=int, default=50, help="prompts per category")
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one image per prompt and seed")
-    s.add_argument("--prompt-seed", type=int, default=2026, help="which held-out prompts")
-    s.add_argument("--steps", type=int, default=24, help="Heun sampler steps")
-    s.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    s.add_argument("--categories", nargs="+", help="a subset of: colour rgb shape count position binding")
-    s.add_argument("--out", help="write report.json and example grids here")
+    s.add_argument("--config", default="embedded", help="a YAML file or a bundled profile name")
+    s.add_argument("--out", help="write report.json, samples.png and per-category grids here")
     s.add_argument("--reference-only", action="store_true", help="no model: the ground-truth and chance rows")
     s.add_argument("--size", default="64x64", help="WxH for --reference-only")
+    s.add_argument("args", nargs="*", metavar="[CHECKPOINT] [KEY=VALUE ...]",
+                   help="a run dir (its latest checkpoint) or a checkpoints/step_* folder, then dotted "
+                   "overrides such as per_category=20 seeds=[0] (options go before these)")
     s.set_defaults(run=_scenes)

@@ -28,6 +28,20 @@ class EvalConfig:
     steps: int = 24  # Heun sampler steps
     guidance: float = 3.0
     batch: int = 16
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+
+    def __post_init__(self):
+        unknown = set(self.categories) - set(CATEGORIES)
+        if unknown or not self.categories:
+            raise ValueError(f"eval: categories must be a non-empty subset of {list(CATEGORIES)}, got {self.categories}")
+        if self.per_category < 1 or not self.seeds:
+            raise ValueError("eval: per_category must be >= 1 and seeds non-empty")
+
+
+def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
+    from datapipe.contract.config import load_yaml_config
+
+    return load_yaml_config(EvalConfig, path, overrides)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -68,13 +82,13 @@ def ground_truth(specs: list[Spec], size: tuple[int, int]) -> dict:
     return summarise(specs, [check(s, facts_from_image(render(s.scene), calib)) for s in specs])
 
 
-def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None,
-             categories: tuple[str, ...] = CATEGORIES) -> dict:
+def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) -> dict:
     """Generate, analyse, score; with `out`, also write report.json and one grid PNG per category."""
     from trainer.sampling import load_pipeline, save_grid, to_pil
 
     pipe = load_pipeline(checkpoint)
     h, w = pipe.resolution
+    categories = tuple(cfg.categories)
     specs = make_specs(cfg.per_category, (w, h), cfg.prompt_seed, categories)
     calib = calibrate((w, h))
     runs = [(s, seed) for s in specs for seed in cfg.seeds]
