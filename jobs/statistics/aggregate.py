@@ -72,16 +72,23 @@ def funnel(inputs: int, rejects_by_stage: dict[str, int]) -> list[dict]:
     return out
 
 
+def resolve(con, storage: Storage, version: str) -> list[str]:
+    """Temp table `resolved`: one caps row per key of `version` with its overlay chain applied (the
+    contract's CaptionSet rule: the newest ok row, else the newest failed one); returns the chain."""
+    chain = [m.version for m in CaptionSet(storage, version).chain]
+    con.register("chain", pa.table({"version": chain, "rank": list(range(len(chain)))}))
+    con.execute("CREATE OR REPLACE TEMP TABLE resolved AS SELECT c.* FROM caps c JOIN chain USING (version) "
+                "QUALIFY row_number() OVER (PARTITION BY key ORDER BY (status <> $ok), rank) = 1",
+                {"ok": CAPTION_STATUS_OK})
+    con.unregister("chain")
+    return chain
+
+
 def caption_versions(con, storage: Storage, samples: int, bins: int) -> list[dict]:
     out = []
     for version in sorted(load_index(storage)["captions"]):
         meta = CaptionVersion.load(storage, version)
-        chain = [m.version for m in CaptionSet(storage, version).chain]
-        con.register("chain", pa.table({"version": chain, "rank": list(range(len(chain)))}))
-        con.execute("CREATE OR REPLACE TEMP TABLE resolved AS SELECT c.* FROM caps c JOIN chain USING (version) "
-                    "QUALIFY row_number() OVER (PARTITION BY key ORDER BY (status <> $ok), rank) = 1",
-                    {"ok": CAPTION_STATUS_OK})
-        con.unregister("chain")
+        chain = resolve(con, storage, version)
         ok, failed, rows = con.execute("SELECT count(*) FILTER (WHERE status = $ok), count(*) FILTER (WHERE status <> $ok), "
                                        "count(*) FROM resolved", {"ok": CAPTION_STATUS_OK}).fetchone()
         words = []
@@ -115,13 +122,9 @@ def gallery(con, storage: Storage, index: dict, max_images: int) -> list[dict]:
         it["captions"] = {}
     by_key = {it["key"]: it for it in items}
     for version in sorted(index["captions"]):
-        chain = [m.version for m in CaptionSet(storage, version).chain]
-        con.register("chain", pa.table({"version": chain, "rank": list(range(len(chain)))}))
-        rows = con.execute(
-            f"SELECT key, status, version AS source, {', '.join(LEVEL_COLUMNS)} FROM caps JOIN chain USING (version) "
-            "JOIN gkeys USING (key) QUALIFY row_number() OVER (PARTITION BY key ORDER BY (status <> $ok), rank) = 1",
-            {"ok": CAPTION_STATUS_OK}).fetchall()
-        con.unregister("chain")
+        resolve(con, storage, version)
+        rows = con.execute(f"SELECT key, status, version AS source, {', '.join(LEVEL_COLUMNS)} FROM resolved "
+                           "JOIN gkeys USING (key)").fetchall()
         for key, status, source, *levels in rows:
             by_key[key]["captions"][version] = {"status": status, "from": source, "levels": list(levels)}
     con.unregister("gkeys")
