@@ -275,6 +275,12 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
             )
             self.collab = CollaborativeFusion(w, cfg.heads, len(cfg.text_dims)) if len(cfg.text_dims) > 1 else None
         self.layer_index = layer_map(cfg.depth, cfg.llm_layers[0], cfg.conditioning)
+        # The hidden-state indices this model reads, per LLM branch: an encoder asked for only
+        # these (FrozenTextEncoder(layers=...)) returns them compacted, in this order.
+        if cfg.conditioning == "refiner":
+            self.text_layers = [[cfg.refiner_layer % (n + 1)] for n in cfg.llm_layers]
+        else:
+            self.text_layers = [sorted(set(self.layer_index))]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -304,16 +310,28 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         d, theta = self.cfg.head_dim, self.cfg.rope_theta
         return {"full": rope_angles(full, d, theta), "pooled": rope_angles(pooled, d, theta)}
 
+    def _layer(self, states: torch.Tensor, branch: int, index: int) -> torch.Tensor:
+        """Hidden state `index` of a branch, from every hidden state or from only `text_layers`."""
+        n_all = self.cfg.llm_layers[branch] + 1
+        if states.shape[0] == n_all:
+            return states[index]
+        wanted = self.text_layers[branch]
+        if states.shape[0] != len(wanted):
+            raise ValueError(f"text states of branch {branch} have {states.shape[0]} layers: expected every hidden "
+                             f"state ({n_all}) or the {len(wanted)} this model reads ({wanted})")
+        return states[wanted.index(index % n_all)]
+
     def _text_per_block(self, text_states, text_masks, c):
         if self.cfg.conditioning == "refiner":
-            refined = [r(s[self.cfg.refiner_layer], m, c) for r, s, m in zip(self.refiners, text_states, text_masks)]
+            refined = [r(self._layer(s, b, self.cfg.refiner_layer), m, c)
+                       for b, (r, s, m) in enumerate(zip(self.refiners, text_states, text_masks))]
             if self.collab is not None:
                 text, mask = self.collab(refined, text_masks)
             else:
                 text, mask = refined[0], text_masks[0]
             return [(text, mask)] * self.cfg.depth
         states, mask = text_states[0], text_masks[0]
-        return [(states[i], mask) for i in self.layer_index]
+        return [(self._layer(states, 0, i), mask) for i in self.layer_index]
 
     def forward(self, x, c_noise, text_states, text_masks):
         cfg = self.cfg

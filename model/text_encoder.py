@@ -8,6 +8,14 @@ Prompts are right-padded: with causal attention, a real token never sees the pad
 so extra padding changes no real token's hidden states; the mask tells the DiT which to ignore.
 Every prompt ends with the EOS token, so even the empty prompt (CFG's unconditional input) has
 one real token to attend to.
+
+A DiT reads a few of the layers only (`DeepFusionDiT.text_layers`); `layers=` returns just those,
+in that order. Small datasets trained for many epochs see each caption many times: with
+`cache_mb` > 0 the encoder keeps each prompt's states (the requested layers, real tokens only) in
+an LRU cache in host memory, so a caption goes through the LLM once. A cache miss is encoded
+padded to its length rounded up to a multiple of 16 tokens, batched with the other misses of that
+length: a prompt's cached states then depend on the prompt alone, not on the batch it arrived in
+(bitwise, on this CPU), so a resumed run refills the cache with the same values.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +96,41 @@ def resolve_source(source: str) -> Path:
     return cached
 
 
+class StateCache:
+    """LRU cache of per-prompt text states: key -> [layers, real tokens, C] tensor on the host."""
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        self.entries[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def stats(self) -> dict:
+        seen = self.hits + self.misses
+        return {"text_cache_hit_rate": self.hits / seen if seen else 0.0, "text_cache_entries": len(self.entries),
+                "text_cache_mb": self.bytes / 2**20}
+
+
 class FrozenTextEncoder(nn.Module):
     """A frozen causal LLM returning the hidden states of every layer (no gradients, eval mode)."""
 
-    def __init__(self, cfg: TextEncoderConfig | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: TextEncoderConfig | None = None, device: str | torch.device = "cpu",
+                 cache_mb: float = 0.0):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,6 +148,7 @@ class FrozenTextEncoder(nn.Module):
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.prefix_ids = self._ids(cfg.instruction) if cfg.instruction else []
+        self.cache = StateCache(cache_mb) if cache_mb > 0 else None
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -120,8 +161,15 @@ class FrozenTextEncoder(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, prompts: list[str], max_tokens: int | None = None, pad_to: int | None = None) -> TextStates:
+    def forward(self, prompts: list[str], max_tokens: int | None = None, pad_to: int | None = None,
+                layers: list[int] | None = None) -> TextStates:
+        """States of `prompts`: every hidden state ([layers + 1, B, T, C]) or only `layers`, in order."""
         max_tokens = max_tokens or self.cfg.max_tokens
+        if self.cache is not None:
+            return self._cached(prompts, max_tokens, pad_to, layers)
+        return self._encode(prompts, max_tokens, pad_to, layers)
+
+    def _encode(self, prompts, max_tokens, pad_to, layers) -> TextStates:
         bodies = [self._ids(p)[: max_tokens - 1] + [self.eos_id] for p in prompts]
         length = max(pad_to or 0, max(len(b) for b in bodies))
         n_prefix = len(self.prefix_ids)
@@ -132,6 +180,35 @@ class FrozenTextEncoder(nn.Module):
             mask[i, : n_prefix + len(body)] = True
         out = self.llm.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device).long(),
                              output_hidden_states=True, use_cache=False)
+        states = out.hidden_states if layers is None else [out.hidden_states[i] for i in layers]
         # the instruction prefix conditions the LLM but is not part of what the DiT reads
-        hidden = torch.stack(out.hidden_states)[:, :, n_prefix:]
+        hidden = torch.stack(states)[:, :, n_prefix:]
         return TextStates(hidden, mask[:, n_prefix:].to(hidden.device))
+
+    CACHE_PAD = 16  # cache misses are padded to a multiple of this many tokens
+
+    def _cached(self, prompts, max_tokens, pad_to, layers) -> TextStates:
+        cache = self.cache
+        tag = (max_tokens, None if layers is None else tuple(layers))
+        found = {p: cache.get((p, *tag)) for p in dict.fromkeys(prompts)}
+        missing = [p for p, v in found.items() if v is None]
+        cache.hits += len(prompts) - sum(1 for p in prompts if found[p] is None)
+        cache.misses += sum(1 for p in prompts if found[p] is None)
+        groups: dict[int, list[str]] = {}
+        for p in missing:
+            n = min(len(self._ids(p)), max_tokens - 1) + 1
+            groups.setdefault(min(max_tokens, -(-n // self.CACHE_PAD) * self.CACHE_PAD), []).append(p)
+        for length, group in groups.items():
+            fresh = self._encode(group, max_tokens, length, layers)
+            for i, p in enumerate(group):
+                found[p] = fresh.hidden[:, i, : int(fresh.mask[i].sum())].cpu().clone()
+                cache.put((p, *tag), found[p])
+        per_prompt = [found[p] for p in prompts]
+        length = max(pad_to or 0, max(h.shape[1] for h in per_prompt))
+        n_layers, _, width = per_prompt[0].shape
+        hidden = torch.zeros(n_layers, len(prompts), length, width, dtype=per_prompt[0].dtype)
+        mask = torch.zeros(len(prompts), length, dtype=torch.bool)
+        for i, h in enumerate(per_prompt):
+            hidden[:, i, : h.shape[1]] = h
+            mask[i, : h.shape[1]] = True
+        return TextStates(hidden, mask).to(self.device)

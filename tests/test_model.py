@@ -238,6 +238,68 @@ def test_text_encoder_truncates_to_max_tokens(encoder):
     assert encoder([long], max_tokens=8).mask.sum() == 8
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_the_dit_reads_only_its_text_layers_and_accepts_them_compacted(mode):
+    model = make_dit(mode, depth=3)
+    expected = {"deep_fusion": [1, 3, 4], "last_layer": [4], "refiner": [2]}[mode]
+    assert model.text_layers == [expected]
+    x, (hidden, mask) = torch.randn(2, 12, 8, 8), text()
+    torch.testing.assert_close(run(model, x, hidden[expected], mask), run(model, x, hidden, mask))
+    with pytest.raises(ValueError, match="expected every hidden state"):
+        run(model, x, hidden[:2] if len(expected) != 2 else hidden[:3], mask)
+
+
+def test_text_encoder_returns_only_the_requested_layers(encoder):
+    full = encoder(["a red circle", "two blue squares"])
+    some = encoder(["a red circle", "two blue squares"], layers=[4, 1])
+    assert some.hidden.shape[0] == 2
+    torch.testing.assert_close(some.hidden, full.hidden[[4, 1]], atol=0, rtol=0)
+    assert torch.equal(some.mask, full.mask)
+
+
+def test_cached_text_states_are_the_encoders_and_independent_of_the_batch(tiny_llm):
+    cfg = TextEncoderConfig(source=str(tiny_llm), max_tokens=16)
+    plain, cached = FrozenTextEncoder(cfg), FrozenTextEncoder(cfg, cache_mb=1)
+    prompts = ["a red circle", "three blue squares on a white background", "", "a red circle"]
+    first = cached(prompts, layers=[1, 4])
+    assert cached.cache.misses == 4 and cached.cache.hits == 0 and len(cached.cache.entries) == 3
+    # the same values an uncached encoder gives (misses here are padded to 16 tokens = max_tokens)
+    reference = plain(prompts, pad_to=16, layers=[1, 4])
+    n = first.mask.shape[1]
+    assert torch.equal(first.mask, reference.mask[:, :n])
+    torch.testing.assert_close(first.hidden, reference.hidden[:, :, :n] * first.mask[None, :, :, None], atol=0, rtol=0)
+    # a later batch with other neighbours: hits give exactly the stored values
+    again = cached(["a green triangle", "a red circle"], layers=[1, 4])
+    assert cached.cache.hits == 1 and cached.cache.misses == 5
+    m = int(first.mask[0].sum())
+    assert torch.equal(again.hidden[:, 1, :m], first.hidden[:, 0, :m]) and not again.hidden[:, 1, m:].any()
+    # another layer selection is another entry, not a wrong hit
+    assert cached(["a red circle"], layers=[2]).hidden.shape[0] == 1 and cached.cache.misses == 6
+
+
+def test_cache_misses_are_padded_by_length_so_states_depend_on_the_prompt_alone(tiny_llm):
+    cfg = TextEncoderConfig(source=str(tiny_llm), max_tokens=48)
+    long = "three blue squares and two red circles " * 4  # over 16 tokens: a longer padding bucket
+    a, b = FrozenTextEncoder(cfg, cache_mb=4), FrozenTextEncoder(cfg, cache_mb=4)
+    in_a_crowd = a(["a red circle", long, "a green triangle below a yellow star"], layers=[2, 4])
+    alone = b([long], layers=[2, 4])
+    n = int(alone.mask.sum())
+    assert 16 < n <= 48 and torch.equal(in_a_crowd.hidden[:, 1, :n], alone.hidden[:, 0, :n])
+    short = b(["a red circle"], layers=[2, 4])
+    k = int(short.mask.sum())
+    assert torch.equal(in_a_crowd.hidden[:, 0, :k], short.hidden[:, 0, :k])
+
+
+def test_text_state_cache_evicts_the_least_recently_used(tiny_llm):
+    enc = FrozenTextEncoder(TextEncoderConfig(source=str(tiny_llm), max_tokens=16), cache_mb=1e-3)  # 1,048 bytes
+    enc(["a red circle"], layers=[4])  # 64 floats per token: a few tokens ~ 1 KB
+    one = enc.cache.bytes
+    assert 0 < one <= enc.cache.max_bytes
+    enc(["a blue square"], layers=[4])
+    assert len(enc.cache.entries) == 1 and enc.cache.bytes <= enc.cache.max_bytes
+    assert next(iter(enc.cache.entries))[0] == "a blue square"
+
+
 def test_instruction_prefix_conditions_but_is_excluded(tiny_llm, encoder):
     prefixed = FrozenTextEncoder(TextEncoderConfig(source=str(tiny_llm), instruction="Describe the image in detail:"))
     plain, with_prefix = encoder(["a red circle"]), prefixed(["a red circle"])

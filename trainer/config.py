@@ -110,6 +110,10 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps; extend a finished run by re-running with more
     global_batch: int = 32  # images per optimizer step, over all ranks
     micro_batch: int = 0  # per rank per forward; 0 = global_batch / world (no accumulation)
+    # Host memory for caching each caption's LLM states (the layers the DiT reads). Worth it when
+    # a small dataset is seen for many epochs (the demo, ablations); useless for a web-scale run
+    # that sees each caption about once. 0 = off: every batch goes through the LLM.
+    text_cache_mb: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -141,8 +145,9 @@ class TrainConfig:
         return micro, self.global_batch // (micro * world)
 
     # What a checkpoint depends on. Left out, so they may change between runs of one run_dir:
-    # run length, logging/checkpoint/sample cadence, the loader's performance knobs, follow mode.
-    VOLATILE = ("run_dir", "steps", "checkpoint", "log", "sample", "data.follow", "data.follow_poll_s",
+    # run length, logging/checkpoint/sample cadence, the loader's and encoder's performance knobs,
+    # follow mode.
+    VOLATILE = ("run_dir", "steps", "text_cache_mb", "checkpoint", "log", "sample", "data.follow", "data.follow_poll_s",
                 "data.follow_idle_s", "data.prefetch", "data.decode_threads", "data.log_keys", "data.root")
 
     def identity(self) -> dict:

@@ -36,7 +36,8 @@ class Pipeline:
         out = []
         for start in range(0, len(prompts), batch):
             p, s = prompts[start : start + batch], seeds[start : start + batch]
-            cond, uncond = self.encoder(p), self.encoder([""] * len(p))
+            layers = self.dit.text_layers[0]
+            cond, uncond = self.encoder(p, layers=layers), self.encoder([""] * len(p), layers=layers)
             # each image gets its own generator: the result does not depend on batching
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in s])
             x = self.edm.sample(self.dit, noise.shape, ([cond.hidden], [cond.mask]), ([uncond.hidden], [uncond.mask]),

@@ -130,7 +130,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # Frozen parts: the LLM (every hidden layer) and the codec, no gradients, outside DeepSpeed.
     dit_cfg, text_cfg, codec_cfg, edm_cfg = model_configs(cfg)
-    encoder = FrozenTextEncoder(text_cfg, device=device)
+    encoder = FrozenTextEncoder(text_cfg, device=device, cache_mb=cfg.text_cache_mb)
     codec = build_codec(codec_cfg, device=device)
     # The DiT's text side must match the LLM it reads: take its width and depth from the LLM.
     dit_cfg.text_dims, dit_cfg.llm_layers = [encoder.hidden_size], [encoder.num_layers]
@@ -147,6 +147,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.deepspeed.activation_checkpointing:
         dit.enable_gradient_checkpointing()
     n_params = sum(p.numel() for p in dit.parameters())
+    text_layers = dit.text_layers[0]  # the LLM states it reads: only these are stacked (and cached)
     ema = EMA(dit, cfg.ema)
     o = cfg.optim
     optimizer = GuardedAdamW(dit.parameters(), cfg.spike_guard, max_grad_norm=o.grad_clip, full_numel=n_params,
@@ -200,7 +201,7 @@ def train(cfg: TrainConfig) -> dict:
         for micro_step in range(accum):
             batch = next(batches)
             with torch.no_grad():
-                text = encoder(batch.captions)
+                text = encoder(batch.captions, layers=text_layers)
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
             g = noise_generator(cfg.seed, step, rank, micro_step, device)
             losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], generator=g)
@@ -223,6 +224,8 @@ def train(cfg: TrainConfig) -> dict:
                 "skipped_steps": optimizer.skipped, "peak_memory_mb": peak_memory_mb(),
                 "samples_without_caption": loader.stats.no_caption,
             })
+            if encoder.cache is not None:
+                values.update(encoder.cache.stats())
             runlog.write(step, values)
             log.info("step %d/%d  images %d  loss %.4f  %.1f img/s  data wait %.0f%%  skipped %d", step, cfg.steps,
                      images, values["loss"], values["images_per_s"], 100 * values["data_wait_fraction"],
