@@ -127,7 +127,8 @@ class StateCache:
 
 
 class FrozenTextEncoder(nn.Module):
-    """A frozen causal LLM returning the hidden states of every layer (no gradients, eval mode)."""
+    """A frozen causal LLM returning the hidden states of every layer, or of the layers asked for
+    (no gradients, eval mode)."""
 
     def __init__(self, cfg: TextEncoderConfig | None = None, device: str | torch.device = "cpu",
                  cache_mb: float = 0.0):
@@ -153,6 +154,10 @@ class FrozenTextEncoder(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def _body(self, prompt: str, max_tokens: int) -> list[int]:
+        """A prompt's token ids, truncated, ending with EOS."""
+        return self._ids(prompt)[: max_tokens - 1] + [self.eos_id]
+
     @property
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
@@ -167,13 +172,12 @@ class FrozenTextEncoder(nn.Module):
         max_tokens = max_tokens or self.cfg.max_tokens
         if self.cache is not None:
             return self._cached(prompts, max_tokens, pad_to, layers)
-        return self._encode(prompts, max_tokens, pad_to, layers)
+        return self._encode([self._body(p, max_tokens) for p in prompts], pad_to, layers)
 
-    def _encode(self, prompts, max_tokens, pad_to, layers) -> TextStates:
-        bodies = [self._ids(p)[: max_tokens - 1] + [self.eos_id] for p in prompts]
+    def _encode(self, bodies: list[list[int]], pad_to, layers) -> TextStates:
         length = max(pad_to or 0, max(len(b) for b in bodies))
         n_prefix = len(self.prefix_ids)
-        ids = torch.full((len(prompts), n_prefix + length), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(bodies), n_prefix + length), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids, dtype=torch.bool)
         for i, body in enumerate(bodies):
             ids[i, : n_prefix + len(body)] = torch.tensor(self.prefix_ids + body)
@@ -191,15 +195,14 @@ class FrozenTextEncoder(nn.Module):
         cache = self.cache
         tag = (max_tokens, None if layers is None else tuple(layers))
         found = {p: cache.get((p, *tag)) for p in dict.fromkeys(prompts)}
-        missing = [p for p, v in found.items() if v is None]
-        cache.hits += len(prompts) - sum(1 for p in prompts if found[p] is None)
-        cache.misses += sum(1 for p in prompts if found[p] is None)
+        n_missed = sum(found[p] is None for p in prompts)
+        cache.hits, cache.misses = cache.hits + len(prompts) - n_missed, cache.misses + n_missed
+        bodies = {p: self._body(p, max_tokens) for p, v in found.items() if v is None}
         groups: dict[int, list[str]] = {}
-        for p in missing:
-            n = min(len(self._ids(p)), max_tokens - 1) + 1
-            groups.setdefault(min(max_tokens, -(-n // self.CACHE_PAD) * self.CACHE_PAD), []).append(p)
+        for p, body in bodies.items():
+            groups.setdefault(min(max_tokens, -(-len(body) // self.CACHE_PAD) * self.CACHE_PAD), []).append(p)
         for length, group in groups.items():
-            fresh = self._encode(group, max_tokens, length, layers)
+            fresh = self._encode([bodies[p] for p in group], length, layers)
             for i, p in enumerate(group):
                 found[p] = fresh.hidden[:, i, : int(fresh.mask[i].sum())].cpu().clone()
                 cache.put((p, *tag), found[p])

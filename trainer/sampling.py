@@ -34,9 +34,9 @@ class Pipeline:
         factor = self.codec.factor
         shape = (self.codec.channels, h // factor, w // factor)
         out = []
+        layers = self.dit.text_layers[0]  # only the LLM states the DiT reads
         for start in range(0, len(prompts), batch):
             p, s = prompts[start : start + batch], seeds[start : start + batch]
-            layers = self.dit.text_layers[0]
             cond, uncond = self.encoder(p, layers=layers), self.encoder([""] * len(p), layers=layers)
             # each image gets its own generator: the result does not depend on batching
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in s])

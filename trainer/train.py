@@ -128,7 +128,7 @@ def train(cfg: TrainConfig) -> dict:
     log.info("rank %d/%d on %s: global batch %d = micro %d x accumulation %d x %d rank(s)",
              rank, world, device, cfg.global_batch, micro, accum, world)
 
-    # Frozen parts: the LLM (every hidden layer) and the codec, no gradients, outside DeepSpeed.
+    # Frozen parts: the LLM (the hidden layers the DiT reads) and the codec, no gradients, outside DeepSpeed.
     dit_cfg, text_cfg, codec_cfg, edm_cfg = model_configs(cfg)
     encoder = FrozenTextEncoder(text_cfg, device=device, cache_mb=cfg.text_cache_mb)
     codec = build_codec(codec_cfg, device=device)
