@@ -47,7 +47,7 @@ class DownloadConfig:
     image_size: int = 512
     encode_format: str = "jpg"
     encode_quality: int | None = None  # null: 95 for jpg/webp, compression level 3 for png
-    task_cpus: float = 1.0  # Ray CPUs per shard download task (equal to decode.num_cpus: one fused task)
+    task_cpus: float = 1.0  # Ray CPUs per shard task (download, then decode, in the same task)
 
 
 @dataclass
@@ -62,8 +62,7 @@ class DecodeConfig:
     jpeg_quality: int = 95  # when a JPEG has to be re-encoded (CMYK, EXIF rotation, downscale)
     phash: bool = True  # perceptual hash for near-duplicate detection
     phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
-    batch_size: int = 256
-    num_cpus: float = 1.0
+    batch_size: int = 256  # rows per block passed from the shard task to the next stages
 
 
 @dataclass

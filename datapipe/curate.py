@@ -50,9 +50,9 @@ def _versions() -> dict[str, str]:
 
 
 def init_ray(cfg: CurateConfig) -> None:
-    from .download import ray_runtime_env
+    from .download import worker_env
 
-    join_or_start_ray(cfg.ray.address, cfg.ray.num_cpus, ray_runtime_env(cfg.download, cfg.decode))
+    join_or_start_ray(cfg.ray.address, cfg.ray.num_cpus, env_vars=worker_env(cfg.decode))
 
 
 def _work_dir(cfg: CurateConfig, storage: Storage) -> Path:
@@ -79,11 +79,12 @@ def process_shards(cfg: CurateConfig, work: Path, shard_ids: list[str], assemble
 
         clip_size = clip_image_size(cfg.clip)
     ds = ray.data.from_items([{"shard": sid} for sid in shard_ids], override_num_blocks=len(shard_ids))
-    # download and decode ask for the same CPUs by default, so Ray Data fuses them into one task
-    ds = ds.map_batches(DownloadStage(str(work), cfg.download, cfg.decode, cfg.shard_size), batch_size=1,
-                        num_cpus=cfg.download.task_cpus)
-    ds = ds.map_batches(DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep"),
-                        batch_size=cfg.decode.batch_size, batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+    # One task per shard: download, then decode each block of rows as it comes. The two are fused
+    # by hand: left to Ray Data, two map_batches fuse with the larger batch size (decode's rows)
+    # as the number of *shard ids* per task, which ran every shard in one sequential task.
+    decode = DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep")
+    ds = ds.map_batches(DownloadStage(str(work), cfg.download, cfg.decode, cfg.shard_size, then=decode),
+                        batch_size=1, num_cpus=cfg.download.task_cpus)
     if cfg.clip.enabled:
         from .filters.clip import ClipStage
 

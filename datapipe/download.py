@@ -2,14 +2,16 @@
 
 We do not download anything ourselves. For each shard, the first Ray Data stage writes its rows
 (url + our row key) as img2dataset's shard input, runs img2dataset's Downloader on it (exactly
-what img2dataset's Ray distributor runs in each of its Ray tasks), and joins the per-shard parquet
-(status, error) and tar (image bytes) back to our input rows by key, so every input row comes back
-as an image or as a reject with a reason, even one img2dataset lost.
+what img2dataset's Ray distributor runs in each of its Ray tasks), and joins its per-sample results
+(status, error, image bytes) back to our input rows by key, so every input row comes back as an
+image or as a reject with a reason, even one img2dataset lost. The Downloader hands each result to
+a sample writer class; ours (`MemorySampleWriter`) keeps them in memory for the join instead of
+writing a tar and a parquet that we would only read back.
 
 Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
 - no total time limit per image (a server that drips bytes holds a thread for minutes) and no
-  size limit: `download_image` is replaced in every Ray worker (Ray's worker_process_setup_hook)
-  by a version with a deadline and a byte cap; the rest (user agent, X-Robots-Tag) is unchanged;
+  size limit: `download_image` is replaced, by each shard task in its worker, with a version
+  with a deadline and a byte cap; the rest (user agent, X-Robots-Tag) is unchanged;
 - its `download()` entry point cannot stream into later stages (one blocking call, a logger
   process per call, `incremental_mode="overwrite"` deleting its own temp folder): we drive its
   Downloader class per shard instead, which also makes a killed shard simply start again;
@@ -27,12 +29,10 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from datapipe.contract.shards import Sample, iter_tar_samples
 
 from .config import DecodeConfig, DownloadConfig
 from .inputs import InputShard
@@ -40,10 +40,10 @@ from .rows import reject
 
 log = logging.getLogger(__name__)
 
-DEADLINE_ENV = "DEEPFUSION_DOWNLOAD_DEADLINE_S"
-MAX_BYTES_ENV = "DEEPFUSION_DOWNLOAD_MAX_BYTES"
 OPT_OUT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+# this worker's limits for `download_image`, set from the job's DownloadConfig by install_download_patch
+LIMITS = {"deadline_s": 30.0, "max_bytes": 50_000_000}
 
 
 # -- the download_image replacement ------------------------------------------------------------
@@ -52,8 +52,8 @@ def download_image(row, timeout, user_agent_token, disallowed_header_directives)
     from img2dataset.downloader import is_disallowed
 
     key, url = row
-    deadline = time.monotonic() + float(os.environ.get(DEADLINE_ENV, "30"))
-    max_bytes = int(os.environ.get(MAX_BYTES_ENV, "50000000"))
+    deadline = time.monotonic() + LIMITS["deadline_s"]
+    max_bytes = int(LIMITS["max_bytes"])
     agent = USER_AGENT + (f" (compatible; {user_agent_token}; +https://github.com/deepfusion)" if user_agent_token else "")
     try:
         request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
@@ -78,28 +78,48 @@ def download_image(row, timeout, user_agent_token, disallowed_header_directives)
         return key, None, str(err) or type(err).__name__
 
 
-def install_download_patch() -> None:
-    """Ray's worker_process_setup_hook: every worker downloads through `download_image` above.
+def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
+    """Make img2dataset in this process download through `download_image` above, with cfg's limits.
 
-    It also imports what the filter stages use, while the worker starts (Ray starts workers
-    ahead of tasks), so the first filter tasks do not each pay a cold import.
+    Called by every shard task (cheap after the first): the patch travels with the task, so the
+    job needs no runtime_env (which would make Ray start dedicated workers instead of using the
+    ones it has already started: seconds of a small machine's CPU per worker).
     """
+    LIMITS.update(deadline_s=float(cfg.deadline_s), max_bytes=int(cfg.max_bytes))
+    # OpenCV (img2dataset's resize modes) refuses larger images before allocating them; it reads
+    # this once, when it loads: worker_env() sets it for the workers of a job, this for a worker
+    # that imports img2dataset (and with it OpenCV) here first
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(decode.max_pixels))
     import img2dataset.downloader
 
     img2dataset.downloader.download_image = download_image
-    import imagehash  # noqa: F401
-    import ray.data  # noqa: F401
-
-    import datapipe.filters.decode  # noqa: F401
 
 
-def ray_runtime_env(cfg: DownloadConfig, decode: DecodeConfig) -> dict:
-    return {
-        "worker_process_setup_hook": "datapipe.download.install_download_patch",
-        "env_vars": {DEADLINE_ENV: str(cfg.deadline_s), MAX_BYTES_ENV: str(cfg.max_bytes),
-                     # OpenCV (img2dataset's resize modes) refuses larger images before allocating them
-                     "OPENCV_IO_MAX_IMAGE_PIXELS": str(decode.max_pixels)},
-    }
+def worker_env(decode: DecodeConfig) -> dict[str, str]:
+    """Environment variables every Ray worker of a curation job needs."""
+    return {"OPENCV_IO_MAX_IMAGE_PIXELS": str(decode.max_pixels)}
+
+
+# -- img2dataset's results, kept in memory --------------------------------------------------------
+class MemorySampleWriter:
+    """img2dataset's sample-writer interface (the class the Downloader builds per shard and hands
+    every result to), keeping the results in memory for the join, by the shard's output folder.
+
+    img2dataset's own writers would write a tar and a parquet that the join would read straight
+    back: two more copies of every image on the CPU this job is bound by.
+    """
+
+    results: dict[str, dict[str, tuple[dict, bytes | None]]] = {}  # output folder -> row key -> (meta, image)
+
+    def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+        self.rows = MemorySampleWriter.results.setdefault(str(output_folder), {})
+        self.ext = encode_format
+
+    def write(self, img_str, key, caption, meta):
+        self.rows[meta["row_key"]] = ({**meta, "ext": self.ext}, img_str)
+
+    def close(self):
+        pass
 
 
 # -- one shard, as a Ray Data stage -----------------------------------------------------------
@@ -112,13 +132,14 @@ class DownloadStage:
     until the shard's rows have been read back, joined to the input rows and passed on.
     """
 
-    def __init__(self, work: str, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int):
+    def __init__(self, work: str, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int,
+                 then: Callable[[pa.Table], pa.Table] | None = None):
         self.work, self.cfg, self.decode, self.shard_size = Path(work), cfg, decode, shard_size
+        self.then = then  # applied to each block of rows in the same task (the decode stage)
 
     def _downloader(self, output_folder: Path):
         from img2dataset.downloader import Downloader
         from img2dataset.resizer import Resizer
-        from img2dataset.writer import WebDatasetSampleWriter
 
         cfg, keep = self.cfg, self.cfg.resize_mode == "keep"
         quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
@@ -130,7 +151,7 @@ class DownloadStage:
                           max_image_area=self.decode.max_pixels)
         directives = [d.strip().lower() for d in cfg.disallowed_header_directives]
         return Downloader(
-            sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
+            sample_writer_class=MemorySampleWriter, resizer=resizer, thread_count=cfg.threads,
             save_caption=False, extract_exif=False, output_folder=str(output_folder),
             column_list=["row_key", "url"], timeout=cfg.timeout_s, number_sample_per_shard=self.shard_size,
             oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format,
@@ -142,6 +163,7 @@ class DownloadStage:
         from .rows import to_table
 
         (sid,) = [str(s) for s in batch["shard"]]
+        install_download_patch(self.cfg, self.decode)
         shard = InputShard(int(sid), sid, pq.read_table(self.work / "inputs" / f"{sid}.parquet"))
         out = self.work / "download" / sid
         shutil.rmtree(out, ignore_errors=True)  # a killed earlier attempt
@@ -150,13 +172,19 @@ class DownloadStage:
         table = pa.table({"row_key": shard.rows.column("key"), "url": shard.rows.column("url")})
         with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
-        ok, _ = self._downloader(out)((0, str(arrow)))
+        try:
+            ok, _ = self._downloader(out)((0, str(arrow)))
+            results = MemorySampleWriter.results.pop(str(out), {})
+        finally:
+            MemorySampleWriter.results.pop(str(out), None)
         if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
             raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
-        rows = list(joined_rows(out, shard))
+        rows = list(joined_rows(results, shard))
         shutil.rmtree(out, ignore_errors=True)
-        for start in range(0, len(rows), 256):  # bounded blocks
-            yield to_table(rows[start : start + 256])
+        step = self.decode.batch_size
+        for start in range(0, len(rows), step):  # bounded blocks, passed on as they are ready
+            block = to_table(rows[start : start + step])
+            yield self.then(block) if self.then else block
 
 
 # -- joining img2dataset's output back to the input rows ---------------------------------------
@@ -194,35 +222,22 @@ def classify_error(message: str) -> tuple[str, str]:
     return "download", "error"
 
 
-def _downloaded_shard(download_dir: Path) -> tuple[dict[str, dict], dict[str, Sample]]:
-    """img2dataset's shard 00000 in `download_dir`: results and images, both by our row key."""
-    parquet = download_dir / "00000.parquet"
-    if not parquet.exists():
-        return {}, {}
-    results = {r["row_key"]: r for r in pq.read_table(parquet).to_pylist()}
-    by_i2d_key = {r["key"]: k for k, r in results.items()}
-    tar = download_dir / "00000.tar"
-    if not tar.exists():
-        return results, {}
-    with open(tar, "rb") as f:
-        return results, {by_i2d_key[s.key]: s for s in iter_tar_samples(f) if s.key in by_i2d_key}
+def joined_rows(results: dict[str, tuple[dict, bytes | None]], shard: InputShard) -> Iterator[dict[str, Any]]:
+    """One row per input row of `shard`, in input order: the downloaded image or a reject.
 
-
-def joined_rows(download_dir: Path, shard: InputShard) -> Iterator[dict[str, Any]]:
-    """One row per input row of `shard`, in input order: the downloaded image or a reject."""
-    results, images = _downloaded_shard(download_dir)
+    `results`: our row key -> (img2dataset's metadata for it, the image bytes or None).
+    """
     for inp in shard.rows.to_pylist():
         row: dict[str, Any] = {**inp, "shard": shard.id}
-        result = results.get(inp["key"])
+        result, image = results.get(inp["key"], (None, None))
         if result is None:
             yield reject(row, "download", "not_attempted", "img2dataset returned no result for this row")
         elif result["status"] != "success":
             stage, reason = classify_error(result["error_message"] or "")
             yield reject(row, stage, reason, result["error_message"])
-        elif inp["key"] not in images:
+        elif not image:
             yield reject(row, "download", "lost", "img2dataset reported success but wrote no image")
-        else:
-            image = images[inp["key"]]  # its tar extension; the decode stage sniffs the real format
-            row.update(image=image.image, ext=image.ext, source_sha256=result.get("sha256"),
+        else:  # the extension is the configured format; the decode stage sniffs the real one
+            row.update(image=image, ext=result["ext"], source_sha256=result.get("sha256"),
                        original_width=result.get("original_width"), original_height=result.get("original_height"))
             yield row

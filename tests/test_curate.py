@@ -153,7 +153,7 @@ def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
     try:
         # 1: killed while img2dataset downloads the first shards (nothing committed yet)
         proc = _curate_process(corpus, root, *extra)
-        _kill_when(proc, lambda: any((root / "_work").glob("download/*/*.tar")))
+        _kill_when(proc, lambda: any((root / "_work").glob("download/*/input.arrow")))
         assert _committed(root) == 0
         # 2: killed just after the first commit (later shards mid-download or mid-filter)
         proc = _curate_process(corpus, root, *extra)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
+import urllib.request
 
 import numpy as np
 import pyarrow as pa
@@ -13,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, HeadConfig, InputConfig
+from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, DownloadConfig, HeadConfig, InputConfig
 from datapipe.dedup import DedupIndex
-from datapipe.download import classify_error, download_image
+from datapipe.download import LIMITS, DownloadStage, MemorySampleWriter, classify_error, download_image
 from datapipe.filters.decode import DecodeStage
 from datapipe.inputs import iter_shards
 from datapipe.rows import ROW_SCHEMA, to_table
@@ -93,7 +95,7 @@ def server(tmp_path_factory):
 
 def test_download_patch_cuts_slow_bodies_and_honours_opt_out(server, monkeypatch):
     url, scene = server
-    monkeypatch.setenv("DEEPFUSION_DOWNLOAD_DEADLINE_S", "1.5")
+    monkeypatch.setitem(LIMITS, "deadline_s", 1.5)
     _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
     assert err is None and body.read().startswith(b"\x89PNG")
     _, body, err = download_image((0, f"{url}/fault/slow_body/{scene}.png"), 5, "deepfusion", {"noai"})
@@ -102,9 +104,33 @@ def test_download_patch_cuts_slow_bodies_and_honours_opt_out(server, monkeypatch
     assert body is None and classify_error(err) == ("download", "truncated")
     _, body, err = download_image((0, f"{url}/fault/noai/{scene}.png"), 5, "deepfusion", {"noai"})
     assert body is None and classify_error(err) == ("download", "opt_out")
-    monkeypatch.setenv("DEEPFUSION_DOWNLOAD_MAX_BYTES", "100")
+    monkeypatch.setitem(LIMITS, "max_bytes", 100)
     _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
     assert body is None and classify_error(err) == ("download", "too_large")
+
+
+def test_download_stage_joins_img2dataset_results_to_every_input_row(server, tmp_path, monkeypatch):
+    """img2dataset's Downloader on one shard (no Ray): one row back per input row, in input order."""
+    url, scene = server
+    monkeypatch.setattr("img2dataset.downloader.download_image", None)  # the stage installs the patch itself
+    paths = ["images", "fault/http_404", "fault/noai", "fault/truncated", "images", "fault/slow_body"]
+    rows = [{"key": f"000003{i:06d}", "url": f"{url}/{p}/{scene}.png", "caption": p, "extra": "{}"}
+            for i, p in enumerate(paths)]
+    (tmp_path / "inputs").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs" / "000003.parquet")
+    monkeypatch.setattr("datapipe.download.LIMITS", dict(LIMITS))
+    stage = DownloadStage(str(tmp_path), DownloadConfig(threads=4, timeout_s=5, deadline_s=1.5, encode_format="png"),
+                          DecodeConfig(), 6)
+    out = [r for t in stage({"shard": ["000003"]}) for r in t.to_pylist()]
+    assert [r["key"] for r in out] == [r["key"] for r in rows] and {r["shard"] for r in out} == {"000003"}
+    assert [(r["reject_stage"], r["reject_reason"]) for r in out] == [
+        (None, None), ("download", "http_404"), ("download", "opt_out"), ("download", "truncated"), (None, None),
+        ("download", "too_slow")]
+    body = urllib.request.urlopen(f"{url}/images/{scene}.png", timeout=5).read()
+    for r in (out[0], out[4]):
+        assert r["image"] == body and r["ext"] == "png" and r["source_sha256"] == hashlib.sha256(body).hexdigest()
+    assert all(r["image"] is None for r in out if r["reject_stage"])
+    assert MemorySampleWriter.results == {} and not (tmp_path / "download" / "000003").exists()
 
 
 def _row(image: bytes, key="000000000000", **kw):

@@ -17,8 +17,6 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .manifest import ShardEntry, utc_now
 from .schema import (
@@ -116,6 +114,8 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         self._tar_ctx = self.storage.atomic_writer(f"shards/{self.shard_id}.tar")
         self._hashing = _HashingFile(self._tar_ctx.__enter__())
+        import webdataset as wds  # here, not at the top: importing webdataset imports torch (seconds)
+
         self._tar = wds.TarWriter(self._hashing, mtime=TAR_MTIME)
         return self
 
@@ -182,6 +182,8 @@ class ShardWriter:
 # -- reading ---------------------------------------------------------------------------------
 def iter_tar_samples(fileobj) -> Iterator[Sample]:
     """Samples of a WebDataset tar stream, in order; a key with no image member is an error."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
     files = ({**f, "__url__": None} for f in tar_file_iterator(fileobj))
     for group in group_by_keys(files):
         key = group["__key__"]
