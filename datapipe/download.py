@@ -86,17 +86,18 @@ def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
     ones it has already started: seconds of a small machine's CPU per worker).
     """
     LIMITS.update(deadline_s=float(cfg.deadline_s), max_bytes=int(cfg.max_bytes))
-    # OpenCV (img2dataset's resize modes) refuses larger images before allocating them; it reads
-    # this once, when it loads: worker_env() sets it for the workers of a job, this for a worker
-    # that imports img2dataset (and with it OpenCV) here first
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(decode.max_pixels))
+    # OpenCV reads worker_env()'s limit once, when it loads: the job's workers inherit it; this
+    # covers a process that imports img2dataset (and with it OpenCV) here first
+    for name, value in worker_env(decode).items():
+        os.environ.setdefault(name, value)
     import img2dataset.downloader
 
     img2dataset.downloader.download_image = download_image
 
 
 def worker_env(decode: DecodeConfig) -> dict[str, str]:
-    """Environment variables every Ray worker of a curation job needs."""
+    """Environment variables every Ray worker of a curation job needs: OpenCV (img2dataset's
+    resize modes) refuses larger images before allocating them."""
     return {"OPENCV_IO_MAX_IMAGE_PIXELS": str(decode.max_pixels)}
 
 
@@ -128,8 +129,8 @@ class DownloadStage:
 
     This is what img2dataset's own Ray distributor does (a Ray task per shard calling its
     Downloader), run as the first stage of the curation Dataset so that downloading shard k+1
-    overlaps filtering shard k in one streaming execution. Its output (tar + parquet) lives only
-    until the shard's rows have been read back, joined to the input rows and passed on.
+    overlaps filtering shard k in one streaming execution. img2dataset's results for the shard
+    (MemorySampleWriter) live only until they are joined to the input rows and passed on.
     """
 
     def __init__(self, work: str, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int,
@@ -174,9 +175,8 @@ class DownloadStage:
             writer.write_table(table)
         try:
             ok, _ = self._downloader(out)((0, str(arrow)))
+        finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind
             results = MemorySampleWriter.results.pop(str(out), {})
-        finally:
-            MemorySampleWriter.results.pop(str(out), None)
         if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
             raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
         rows = list(joined_rows(results, shard))
