@@ -70,8 +70,8 @@ class ServerConfig:
     backoff_s: float = 1.0  # first retry waits ~this (x2 each time, with full jitter)
     max_backoff_s: float = 30.0
     image_format: str = "jpeg"  # how images travel in the data URL: jpeg | png
-    # How guided decoding is asked for: "vllm" (vLLM's structured_outputs: the JSON schema, or a
-    # level's word-range regex), "response_format" (OpenAI json_schema, joint only), "none".
+    # How guided decoding is asked for: "vllm" (vLLM's structured_outputs: the JSON schema's grammar,
+    # or a level's word-range regex), "response_format" (OpenAI json_schema, joint only), "none".
     # Start a vLLM server with --structured-outputs-config '{"disable_any_whitespace": true}'.
     guided_via: str = "vllm"
 

@@ -198,12 +198,17 @@ def _run_ray_vllm(cfg: CaptionConfig, dataset: Dataset, pending: dict, commit) -
         return
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     e = cfg.engine
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar counts committed rows
     ds = ray.data.from_items([{"shard": sid} for sid in expected], override_num_blocks=len(expected))
-    ds = ds.flat_map(ReadShard(dataset.storage.uri, {s: pending[s] for s in expected}), num_cpus=0.25)
+    # One reader per engine: reading a shard's bytes takes well under a second next to the minutes
+    # an engine spends on it, and every concurrent read task is a Ray worker process to start
+    # (seconds of CPU each, taken from the engine loading next to it on a small machine).
+    ds = ds.flat_map(ReadShard(dataset.storage.uri, {s: pending[s] for s in expected}), num_cpus=0.25,
+                     compute=ray.data.TaskPoolStrategy(size=e.actors))
     gpus = {"num_gpus": e.num_gpus} if e.num_gpus else {}
     ds = ds.map_batches(CaptionActor, fn_constructor_kwargs={"cfg": cfg, "model_name": model_name(cfg)},
-                        batch_size=e.batch_size, batch_format="pyarrow", concurrency=e.actors, num_cpus=e.num_cpus,
-                        **gpus)
+                        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=e.actors),
+                        num_cpus=e.num_cpus, **gpus)
     buffers: dict[str, list[pa.Table]] = collections.defaultdict(list)
     counts: collections.Counter = collections.Counter()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

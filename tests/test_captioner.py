@@ -63,9 +63,22 @@ def test_schema_compiles_for_guided_decoding_and_patterns_hold_the_word_ranges(t
     import xgrammar
     from transformers import AutoTokenizer
 
+    from captioner.prompts import JSON_SEPARATORS
+
     ps = load_prompt_set()
     compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(tiny_vlm)))
-    compiler.compile_json_schema(json.dumps(ps.json_schema()))  # raises if xgrammar cannot build it
+    # what the engine gets: the schema's grammar (raises if xgrammar cannot build it)
+    compiled = compiler.compile_grammar(ps.json_grammar())
+
+    def accepts(counts, separators=JSON_SEPARATORS):
+        answer = json.dumps({lv.column: " ".join(["w"] * n) for lv, n in zip(ps.levels, counts)}, separators=separators)
+        return xgrammar.GrammarMatcher(compiled).accept_string(answer)
+
+    shortest = [lv.min_words for lv in ps.levels]
+    assert accepts(shortest) and accepts([lv.budget for lv in ps.levels])
+    assert not accepts(shortest[:5] + [ps.levels[5].budget + 1]), "over a level's budget"
+    assert not accepts(shortest[:5] + [ps.levels[5].min_words - 1]), "under a level's minimum"
+    assert not accepts(shortest, separators=(", ", ": ")), "no blanks between JSON tokens"
     six = ps.levels[5]
     pattern = re.compile(ps.level_pattern(six))
     assert pattern.match(" ".join(["w"] * 101)) and pattern.match(" ".join(["w"] * 200))

@@ -49,7 +49,7 @@ class OpenAIGenerate:
             schema = {"name": "six_levels", "schema": self.prompts.json_schema(), "strict": True}
             return {"response_format": {"type": "json_schema", "json_schema": schema}}
         if slot == "joint":
-            so = {"json": self.prompts.json_schema()}
+            so = {"grammar": self.prompts.json_grammar()}  # the schema's grammar: see PromptSet.json_grammar
         else:
             so = {"regex": self.prompts.level_pattern(self.levels[slot])}
         return {"extra_body": {"structured_outputs": so}}

@@ -5,7 +5,9 @@ so it is rendered once with the model's chat template and every request is that 
 image (`multi_modal_data`): the engine batches the whole list in one `generate` call. Guided
 decoding (xgrammar) holds the joint answer to the prompt set's JSON schema and a per-level answer
 to its word-range regex, with free whitespace between JSON tokens disabled engine-wide (a model
-that writes noise would otherwise spend its tokens on blanks).
+that writes noise would otherwise spend its tokens on blanks). The joint schema is handed to the
+engine as the grammar xgrammar converts it to (`PromptSet.json_grammar`: vLLM would convert the
+schema again for every request).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class VllmGenerate:
             if not sampling.guided:
                 self.constraints[slot] = None
             elif slot == "joint":
-                self.constraints[slot] = StructuredOutputsParams(json=prompts.json_schema())
+                self.constraints[slot] = StructuredOutputsParams(grammar=prompts.json_grammar())
             else:
                 level = next(lv for lv in prompts.levels if lv.column == slot)
                 self.constraints[slot] = StructuredOutputsParams(regex=prompts.level_pattern(level))
