@@ -38,6 +38,8 @@ class OpenAIGenerate:
         self.prompts = prompts
         self.texts = dict(prompts.prompts(strategy))
         self.levels = {lv.column: lv for lv in prompts.levels}
+        # built once, not per request (the joint grammar takes ~2 s to convert)
+        self.constraints = {slot: self._constraint(slot) for slot in self.texts}
 
     def _constraint(self, slot: str) -> dict:
         """Extra request fields that hold the answer to the schema (joint) or word range (a level)."""
@@ -82,7 +84,7 @@ class OpenAIGenerate:
                                                      {"type": "text", "text": self.texts[req.slot]}]})
         s = self.sampling
         kwargs = dict(model=self.model, messages=messages, max_tokens=s.max_tokens, temperature=s.temperature,
-                      top_p=s.top_p, **self._constraint(req.slot))
+                      top_p=s.top_p, **self.constraints[req.slot])
         if req.seed is not None:
             kwargs["seed"] = req.seed
         attempt = 0
