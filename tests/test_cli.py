@@ -105,3 +105,13 @@ def test_model_info_reports_a_preset_and_rejects_unknown_ones():
     assert d["dit"]["depth"] == 12 and 30e6 < d["dit_params"] < 50e6 and d["text_encoder"] == "smollm2"
     bad = run("model", "info", "huge")
     assert bad.returncode == 1 and "unknown model preset 'huge'" in bad.stderr
+
+
+def test_a_folder_named_like_a_bundled_config_does_not_hide_it(tmp_path, monkeypatch):
+    from jobs.commands import CONFIGS, config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # what `make demo` leaves in the repository root
+    assert config_path("train", "demo") == str(CONFIGS / "train" / "demo.yaml")
+    (tmp_path / "mine.yaml").write_text("steps: 1\n")
+    assert config_path("train", "mine.yaml") == "mine.yaml"

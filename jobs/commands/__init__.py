@@ -11,8 +11,10 @@ class CommandError(Exception):
 
 
 def config_path(job: str, name: str) -> str:
-    """`name` as a YAML file, else the bundled profile jobs/configs/<job>/<name>.yaml."""
-    if Path(name).exists():
+    """`name` as a YAML file, else the bundled profile jobs/configs/<job>/<name>.yaml.
+
+    Only a file counts: `make demo` writes ./demo/, which must not hide the bundled `demo` profile."""
+    if Path(name).is_file():
         return name
     bundled = CONFIGS / job / f"{name}.yaml"
     if bundled.exists():
