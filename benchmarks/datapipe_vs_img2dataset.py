@@ -95,7 +95,8 @@ def main() -> None:
                 time.sleep(0.2)
         urls = corpus / "urls.parquet"
         ours = [sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{urls}]",
-                f"shard_size={args.shard_size}", f"download.threads={args.threads}", "progress=false"]
+                f"shard_size={args.shard_size}", f"download.threads={args.threads}", "progress=false",
+                f"download.url_policy.allow=[127.0.0.1:{port}]"]  # the policy refuses loopback otherwise
         nodedup = ["dedup.sha256=false", "dedup.phash_distance=null", "decode.phash=false"]
         off = nodedup + ["decode.enabled=false"]
         clip = ["clip.enabled=true", "clip.allow_random_init=true", "clip.model=ViT-B-32", "clip.batch_size=32"]

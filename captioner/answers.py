@@ -85,7 +85,7 @@ def caption_images(generate: Generate, images: list, keys: list[str], prompts: P
 def _judge(pairs: list[tuple[Request, Answer]], prompts: PromptSet, strategy: str) -> tuple[Verdict, str]:
     errors = [a.error for _, a in pairs if a.error]
     if errors:
-        return Verdict(None, f"backend_error: {errors[0]}"), ""
+        return Verdict(None, errors[0]), ""  # the backend's own "reason: detail"
     if strategy == "joint":
         raw = pairs[0][1].text
         verdict = validate_joint(raw, prompts)

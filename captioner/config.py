@@ -66,10 +66,15 @@ class ServerConfig:
     api_key: str = "EMPTY"
     concurrency: int = 32  # requests in flight
     timeout_s: float = 120.0  # per request
-    retries: int = 4  # per request, on connection errors, timeouts, 429 and 5xx
+    retries: int = 4  # per request, on connection errors, timeouts, 429, 5xx and malformed answers
     backoff_s: float = 1.0  # first retry waits ~this (x2 each time, with full jitter)
     max_backoff_s: float = 30.0
     image_format: str = "jpeg"  # how images travel in the data URL: jpeg | png
+    max_response_bytes: int = 8 << 20  # a larger answer body is a failed attempt (oversize_body)
+    require_usage: bool = True  # an answer without integer usage token counts is a failed attempt
+    # the server is declared unavailable (the run stops, exit 1) only after this many connection
+    # errors or timeouts in a row across requests AND a failed health probe (GET <base_url>/models)
+    unavailable_after: int = 8
     # How guided decoding is asked for: "vllm" (vLLM's structured_outputs: the JSON schema's grammar,
     # or a level's word-range regex), "response_format" (OpenAI json_schema, joint only), "none".
     # Start a vLLM server with --structured-outputs-config '{"disable_any_whitespace": true}'.

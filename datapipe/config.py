@@ -17,6 +17,8 @@ from pathlib import Path
 
 from datapipe.contract.config import load_yaml_config
 
+from .urlpolicy import UrlPolicyConfig
+
 
 @dataclass
 class InputConfig:
@@ -48,6 +50,9 @@ class DownloadConfig:
     encode_format: str = "jpg"
     encode_quality: int | None = None  # null: 95 for jpg/webp, compression level 3 for png
     task_cpus: float = 1.0  # Ray CPUs per shard task (download, then decode, in the same task)
+    # which URLs may be requested: http(s) only, public addresses only unless allow-listed
+    # (datapipe/urlpolicy.py; the README's "URL policy" section)
+    url_policy: UrlPolicyConfig = field(default_factory=UrlPolicyConfig)
 
 
 @dataclass

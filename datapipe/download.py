@@ -21,13 +21,13 @@ Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import os
 import re
 import shutil
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,47 +35,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import DecodeConfig, DownloadConfig
+from .fetch import ERROR, fetch, build_opener
 from .inputs import InputShard
 from .rows import reject
+from .urlpolicy import UrlPolicy, redact
 
 log = logging.getLogger(__name__)
 
-OPT_OUT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
-# this worker's limits for `download_image`, set from the job's DownloadConfig by install_download_patch
+# this worker's settings for `download_image`, set from the job's DownloadConfig by install_download_patch
 LIMITS = {"deadline_s": 30.0, "max_bytes": 50_000_000}
+_POLICY: dict = {}  # "policy" and "opener" of this worker, built once per policy config
+# what arrived for each row of the shard this worker downloads (img2dataset's row index ->
+# (content type, bytes)), for a reject detail that describes the response without quoting it
+RESPONSES: dict[int, tuple[str | None, int]] = {}
 
 
 # -- the download_image replacement ------------------------------------------------------------
 def download_image(row, timeout, user_agent_token, disallowed_header_directives):
-    """img2dataset's download_image (same signature and results) plus a deadline and a byte cap."""
+    """img2dataset's download_image (same signature and results), through `fetch`: the URL policy
+    on every hop, a deadline, a byte cap, and errors in our own words (`[reason] detail`)."""
     from img2dataset.downloader import is_disallowed
 
     key, url = row
-    deadline = time.monotonic() + LIMITS["deadline_s"]
-    max_bytes = int(LIMITS["max_bytes"])
     agent = USER_AGENT + (f" (compatible; {user_agent_token}; +https://github.com/deepfusion)" if user_agent_token else "")
-    try:
-        request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            if disallowed_header_directives and is_disallowed(r.headers, user_agent_token, disallowed_header_directives):
-                return key, None, OPT_OUT_MESSAGE
-            declared = r.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                return key, None, f"body of {declared} bytes is larger than the {max_bytes} byte limit"
-            body = io.BytesIO()
-            while chunk := r.read(1 << 16):
-                body.write(chunk)
-                if body.tell() > max_bytes:
-                    return key, None, f"body is larger than the {max_bytes} byte limit"
-                if time.monotonic() > deadline:
-                    return key, None, f"download deadline exceeded ({body.tell()} bytes received)"
-            if declared and declared.isdigit() and body.tell() < int(declared):
-                return key, None, f"IncompleteRead: {body.tell()} of {declared} bytes"
-        body.seek(0)
-        return key, body, None
-    except Exception as err:  # noqa: BLE001 - img2dataset records the message as the row's error
-        return key, None, str(err) or type(err).__name__
+    opted_out = None
+    if disallowed_header_directives:
+        def opted_out(headers):
+            return is_disallowed(headers, user_agent_token, disallowed_header_directives)
+    got = fetch(_POLICY["opener"], _POLICY["policy"], url, timeout, LIMITS["deadline_s"], int(LIMITS["max_bytes"]),
+                agent, opted_out)
+    RESPONSES[key] = (got.content_type, got.size)
+    if got.body is None:
+        return key, None, got.error
+    return key, io.BytesIO(got.body), None
 
 
 def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
@@ -86,6 +79,10 @@ def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
     ones it has already started: seconds of a small machine's CPU per worker).
     """
     LIMITS.update(deadline_s=float(cfg.deadline_s), max_bytes=int(cfg.max_bytes))
+    policy_key = json.dumps(dataclasses.asdict(cfg.url_policy), sort_keys=True)
+    if _POLICY.get("key") != policy_key:
+        policy = UrlPolicy(cfg.url_policy)
+        _POLICY.update(key=policy_key, policy=policy, opener=build_opener(policy))
     # OpenCV reads worker_env()'s limit once, when it loads: the job's workers inherit it; this
     # covers a process that imports img2dataset (and with it OpenCV) here first
     for name, value in worker_env(decode).items():
@@ -173,13 +170,16 @@ class DownloadStage:
         table = pa.table({"row_key": shard.rows.column("key"), "url": shard.rows.column("url")})
         with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
+        RESPONSES.clear()
         try:
             ok, _ = self._downloader(out)((0, str(arrow)))
         finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind
             results = MemorySampleWriter.results.pop(str(out), {})
+            responses = dict(RESPONSES)
+            RESPONSES.clear()
         if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
             raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
-        rows = list(joined_rows(results, shard))
+        rows = list(joined_rows(results, shard, responses))
         shutil.rmtree(out, ignore_errors=True)
         step = self.decode.batch_size
         for start in range(0, len(rows), step):  # bounded blocks, passed on as they are ready
@@ -188,53 +188,42 @@ class DownloadStage:
 
 
 # -- joining img2dataset's output back to the input rows ---------------------------------------
-_HTTP = re.compile(r"HTTP Error (\d{3})")
+# img2dataset's resizer messages (its resize modes only): fixed strings of its own
+_RESIZER = {"image too small": ("filter", "too_small"), "aspect ratio too large": ("filter", "bad_aspect"),
+            "image area too large": ("decode", "decompression_bomb"), "image decoding error": ("decode", "undecodable")}
 
 
-def classify_error(message: str) -> tuple[str, str]:
-    """img2dataset's error message -> (reject stage, machine-friendly reason)."""
-    m = message.lower()
-    if message == OPT_OUT_MESSAGE:
-        return "download", "opt_out"
-    if "redirect" in m and "infinite loop" in m:
-        return "download", "redirect_loop"
-    if match := _HTTP.search(message):
-        return "download", f"http_{match.group(1)}"
-    if "deadline exceeded" in m:
-        return "download", "too_slow"
-    if "incompleteread" in m or "incomplete read" in m:
-        return "download", "truncated"
-    if "timed out" in m:
-        return "download", "timeout"
-    if "byte limit" in m:
-        return "download", "too_large"
-    if "connection refused" in m or "name or service not known" in m or "urlopen error" in m:
-        return "download", "unreachable"
-    # the resizer's messages (img2dataset resize modes only)
-    if m == "image too small":
-        return "filter", "too_small"
-    if m == "aspect ratio too large":
-        return "filter", "bad_aspect"
-    if m == "image area too large":
-        return "decode", "decompression_bomb"
-    if "decoding error" in m:
-        return "decode", "undecodable"
-    return "download", "error"
+def classify_error(message: str) -> tuple[str, str, str]:
+    """A row's error message from img2dataset -> (reject stage, machine-friendly reason, detail).
+
+    `fetch` writes "[reason] detail" in our own words; anything else is one of img2dataset's own
+    fixed messages. Nothing a server sent reaches a reject through here."""
+    if match := ERROR.match(message):
+        reason, detail = match.groups()
+        return "download", reason, detail
+    if message.lower() in _RESIZER:
+        stage, reason = _RESIZER[message.lower()]
+        return stage, reason, f"img2dataset: {message}"
+    return "download", "error", "img2dataset reported an unclassified error"
 
 
-def joined_rows(results: dict[str, tuple[dict, bytes | None]], shard: InputShard) -> Iterator[dict[str, Any]]:
+def joined_rows(results: dict[str, tuple[dict, bytes | None]], shard: InputShard,
+                responses: dict[int, tuple[str | None, int]] | None = None) -> Iterator[dict[str, Any]]:
     """One row per input row of `shard`, in input order: the downloaded image or a reject.
 
-    `results`: our row key -> (img2dataset's metadata for it, the image bytes or None).
+    `results`: our row key -> (img2dataset's metadata for it, the image bytes or None);
+    `responses`: row index -> (content type, bytes received), from `fetch`. URLs leave here with
+    any credentials redacted: that is the form every sidecar, reject and log holds.
     """
-    for inp in shard.rows.to_pylist():
-        row: dict[str, Any] = {**inp, "shard": shard.id}
+    responses = responses or {}
+    for i, inp in enumerate(shard.rows.to_pylist()):
+        row: dict[str, Any] = {**inp, "shard": shard.id, "url": redact(inp["url"]),
+                               "content_type": responses.get(i, (None, 0))[0]}
         result, image = results.get(inp["key"], (None, None))
         if result is None:
             yield reject(row, "download", "not_attempted", "img2dataset returned no result for this row")
         elif result["status"] != "success":
-            stage, reason = classify_error(result["error_message"] or "")
-            yield reject(row, stage, reason, result["error_message"])
+            yield reject(row, *classify_error(result["error_message"] or ""))
         elif not image:
             yield reject(row, "download", "lost", "img2dataset reported success but wrote no image")
         else:  # the extension is the configured format; the decode stage sniffs the real one

@@ -20,6 +20,7 @@ ROW_SCHEMA = pa.schema(
         ("extra", pa.string()),  # JSON of the input columns carried into the sidecar
         ("image", pa.binary()),  # downloaded bytes; after decode: the bytes to store
         ("ext", pa.string()),
+        ("content_type", pa.string()),  # of the response, sanitised (for reject details; not stored)
         ("source_sha256", pa.string()),  # of the downloaded bytes (exact-duplicate key)
         ("original_width", pa.int32()),
         ("original_height", pa.int32()),

@@ -26,6 +26,26 @@ ENGINE = ["engine.enforce_eager=true", "engine.enable_chunked_prefill=false", "e
           "engine.batch_size=8", "engine.max_num_seqs=8", "sampling.max_tokens=1500", "ray_num_cpus=2", "progress=false"]
 
 
+def _add_shard_with_a_refused_image(root) -> None:
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from datapipe.contract import ShardWriter, commit_shards
+
+    storage = Storage(str(root))
+    with ShardWriter(storage, "000003", inputs=2) as w:
+        for i, size in enumerate([(10000, 28), (64, 64)]):
+            buf = io.BytesIO()
+            Image.new("RGB", size, (200, 40, 40)).save(buf, "PNG")
+            data = buf.getvalue()
+            w.add(f"000003{i:09d}", data, "png", {"url": "u", "caption": "c", "width": size[0], "height": size[1],
+                                                   "original_width": size[0], "original_height": size[1],
+                                                   "sha256": hashlib.sha256(data).hexdigest()})
+    commit_shards(storage, [w.entry])
+
+
 def _all_rows(root, version):
     ds = Dataset(str(root))
     cs = CaptionSet(ds.storage, version)
@@ -54,14 +74,21 @@ def _assert_valid(rows, prompt_set):
 
 
 def test_engine_in_ray_data_actors_captions_every_key_once(tmp_path, tiny_vlm, tiny_prompt_set):
-    """Resuming after a kill is shared code (captioner.run.plan) and is tested on the server path below."""
+    """Resuming after a kill is shared code (captioner.run.plan) and is tested on the server path below.
+
+    Shard 000003 holds an image Qwen2-VL's processor refuses (aspect ratio over 200): it fails its
+    own row (engine_rejected), not the actor and not the rest of its engine call."""
     root = scenes_dataset(tmp_path, n=12, sizes="64x64,96x64", shard_size=4)
+    _add_shard_with_a_refused_image(root)
     base = [f"root={root}", "version=v1", "backend=vllm", f"model={tiny_vlm}", f"prompt_set={tiny_prompt_set}", *ENGINE]
     summary = caption(load_caption_config(None, base))
-    assert summary["this_run"] == {**summary["this_run"], "shards": 3, "rows": 12, "ok": 12}
+    assert summary["this_run"] == {**summary["this_run"], "shards": 4, "rows": 14, "ok": 13}
     meta = CaptionVersion.load(Storage(str(root)), "v1")
     assert meta.backend == "vllm" and meta.prompt_set["id"] == "six-levels-smoke" and meta.model == "tiny-qwen2-vl"
     rows = _check_exactly_once(root, "v1")
+    (refused,) = [r for r in rows if r["key"] == "000003000000000"]
+    assert refused["status"] == "failed" and refused["error"].startswith("engine_rejected: ValueError"), refused
+    rows = [r for r in rows if r is not refused]
     _assert_valid(rows, tiny_prompt_set)
     # (a noise model can still need a retry: byte tokens that are not whole UTF-8 characters are
     # dropped from the text after the grammar has counted them as a word)
@@ -130,7 +157,7 @@ def test_server_killed_mid_run_fails_cleanly_and_a_rerun_completes_exactly_once(
     server.kill(signal.SIGKILL)
     out, _ = job.communicate(timeout=300)
     assert job.returncode == 1, out
-    assert "error" in out and "Connection" in out, out
+    assert "error" in out and "connection refused" in out and "health probe failed" in out, out
     done_before = {s.id: s for s in CaptionVersion.load(storage, "killed").shards}
     assert 1 <= len(done_before) < 6, "killed mid-run"
 

@@ -30,6 +30,12 @@ FAST = ["download.timeout_s=2", "download.deadline_s=3", "download.retries=0", "
         "decode.max_side=512", "progress=false"]
 
 
+def allow(corpus: Path) -> str:
+    """The URL policy refuses loopback: open the port the corpus is served on (its base URL's)."""
+    base = json.loads((corpus / "corpus.json").read_text())["config"]["base_url"]
+    return f"download.url_policy.allow=[{base.split('//', 1)[1]}]"
+
+
 def served_corpus(folder: Path, **cfg) -> tuple[Path, ScenesServer]:
     port = free_port()
     make_corpus(folder, CorpusConfig(base_url=f"http://127.0.0.1:{port}", **cfg), progress=False)
@@ -68,7 +74,7 @@ def check_against_truth(root: Path, corpus: Path, shard_size: int) -> tuple[dict
 
 
 def run_cli(corpus: Path, root: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [*deepfusion_cmd(), "curate", f"input.paths=[{corpus / 'urls.parquet'}]", f"output={root}", *FAST, *extra]
+    cmd = [*deepfusion_cmd(), "curate", f"input.paths=[{corpus / 'urls.parquet'}]", f"output={root}", *FAST, allow(corpus), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -122,7 +128,7 @@ def test_every_fault_is_accounted_for_and_a_rerun_is_a_no_op(tmp_path, artifacts
 
 def _curate_process(corpus: Path, root: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
-           f"output={root}", *FAST, *extra]
+           f"output={root}", *FAST, allow(corpus), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -253,7 +259,7 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
             submit = subprocess.run(
                 [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                  sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{corpus / 'urls.parquet'}]",
-                 f"output={root}", "shard_size=20", *FAST],
+                 f"output={root}", "shard_size=20", *FAST, allow(corpus)],
                 env=env, capture_output=True, text=True, timeout=400)
             if "No available agent to submit job" not in submit.stderr + submit.stdout or time.time() > agent_deadline:
                 break

@@ -17,10 +17,12 @@ from PIL import Image
 
 from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, DownloadConfig, HeadConfig, InputConfig
 from datapipe.dedup import DedupIndex
-from datapipe.download import LIMITS, DownloadStage, MemorySampleWriter, classify_error, download_image
+from datapipe.download import (LIMITS, DownloadStage, MemorySampleWriter, classify_error, download_image,
+                               install_download_patch)
 from datapipe.filters.decode import DecodeStage
 from datapipe.inputs import iter_shards
 from datapipe.rows import ROW_SCHEMA, to_table
+from datapipe.urlpolicy import UrlPolicyConfig
 from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
 from datapipe.scenes import variants
 from datapipe.scenes.graph import generate_scene
@@ -73,12 +75,14 @@ def test_inputs_column_mapping_and_clear_errors(tmp_path):
 
 
 def test_error_messages_map_to_reasons():
-    assert classify_error("HTTP Error 404: Not Found") == ("download", "http_404")
-    assert classify_error("Use of image disallowed by X-Robots-Tag directive") == ("download", "opt_out")
-    assert classify_error("The read operation timed out") == ("download", "timeout")
-    assert classify_error("download deadline exceeded (640 bytes received)") == ("download", "too_slow")
-    assert classify_error("image too small") == ("filter", "too_small")
-    assert classify_error("something new") == ("download", "error")
+    # our fetch's own "[reason] detail" messages, img2dataset's fixed resizer messages, and nothing else
+    assert classify_error("[http_404] HTTP 404 Not Found") == ("download", "http_404", "HTTP 404 Not Found")
+    assert classify_error("[url_address] refused")[:2] == ("download", "url_address")
+    assert classify_error("image too small")[:2] == ("filter", "too_small")
+    assert classify_error("image area too large")[:2] == ("decode", "decompression_bomb")
+    # an unknown message is not copied into the reject (it could carry what a server sent)
+    assert classify_error("HTTP Error 500: <html>secret</html>") == (
+        "download", "error", "img2dataset reported an unclassified error")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,8 @@ def server(tmp_path_factory):
     make_corpus(folder, CorpusConfig(n=4, base_url=f"http://127.0.0.1:{port}"), progress=False)
     scene = pq.read_table(folder / "ground_truth.parquet").column("scene_id")[0].as_py()
     with ScenesServer(folder, port=port, hang_seconds=20, drip_interval=0.2) as s:
+        # the URL policy refuses loopback unless allow-listed: this server's port is
+        install_download_patch(DownloadConfig(url_policy=UrlPolicyConfig(allow=[f"127.0.0.1:{port}"])), DecodeConfig())
         yield s.url, scene
 
 
@@ -99,14 +105,16 @@ def test_download_patch_cuts_slow_bodies_and_honours_opt_out(server, monkeypatch
     _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
     assert err is None and body.read().startswith(b"\x89PNG")
     _, body, err = download_image((0, f"{url}/fault/slow_body/{scene}.png"), 5, "deepfusion", {"noai"})
-    assert body is None and classify_error(err) == ("download", "too_slow")
+    assert body is None and classify_error(err)[:2] == ("download", "too_slow")
     _, body, err = download_image((0, f"{url}/fault/truncated/{scene}.png"), 5, "deepfusion", {"noai"})
-    assert body is None and classify_error(err) == ("download", "truncated")
+    assert body is None and classify_error(err)[:2] == ("download", "truncated")
     _, body, err = download_image((0, f"{url}/fault/noai/{scene}.png"), 5, "deepfusion", {"noai"})
-    assert body is None and classify_error(err) == ("download", "opt_out")
+    assert body is None and classify_error(err)[:2] == ("download", "opt_out")
+    _, body, err = download_image((0, f"{url}/fault/http_500/{scene}.png"), 5, "deepfusion", {"noai"})
+    assert body is None and err == "[http_500] HTTP 500 Internal Server Error"  # not the server's page
     monkeypatch.setitem(LIMITS, "max_bytes", 100)
     _, body, err = download_image((0, f"{url}/images/{scene}.png"), 5, "deepfusion", {"noai"})
-    assert body is None and classify_error(err) == ("download", "too_large")
+    assert body is None and classify_error(err)[:2] == ("download", "too_large")
 
 
 def test_download_stage_joins_img2dataset_results_to_every_input_row(server, tmp_path, monkeypatch):
@@ -119,8 +127,10 @@ def test_download_stage_joins_img2dataset_results_to_every_input_row(server, tmp
     (tmp_path / "inputs").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs" / "000003.parquet")
     monkeypatch.setattr("datapipe.download.LIMITS", dict(LIMITS))
-    stage = DownloadStage(str(tmp_path), DownloadConfig(threads=4, timeout_s=5, deadline_s=1.5, encode_format="png"),
-                          DecodeConfig(), 6)
+    port = url.rsplit(":", 1)[1]
+    cfg = DownloadConfig(threads=4, timeout_s=5, deadline_s=1.5, encode_format="png",
+                         url_policy=UrlPolicyConfig(allow=[f"127.0.0.1:{port}"]))
+    stage = DownloadStage(str(tmp_path), cfg, DecodeConfig(), 6)
     out = [r for t in stage({"shard": ["000003"]}) for r in t.to_pylist()]
     assert [r["key"] for r in out] == [r["key"] for r in rows] and {r["shard"] for r in out} == {"000003"}
     assert [(r["reject_stage"], r["reject_reason"]) for r in out] == [

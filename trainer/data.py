@@ -74,6 +74,10 @@ class LoaderStats:
     no_caption: int = 0  # samples skipped: no ok caption row in any chosen version (or no usable level)
     dropped_tail: int = 0  # samples left in unfilled buckets at an epoch's end
     cfg_dropped: int = 0
+    # bit rot in committed shards: a tar member that cannot be read or an image that does not
+    # decode; the sample's slot is kept (shapes stay the same on every rank) with loss weight 0
+    corrupt_samples: int = 0
+    unreadable_shards: int = 0  # shards whose sidecar could not be read: left out of the plan
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -146,8 +150,14 @@ class Planner:
     def _window_samples(self, epoch: int, w: int, shards: list[str]) -> list[tuple[int, PlannedSample]]:
         items = []
         for sid in shards:
-            captions = self._captions(sid)
-            side = self.dataset.sidecar(sid, ["key", "ext", "width", "height", "caption"]).to_pylist()
+            try:
+                captions = self._captions(sid)
+                side = self.dataset.sidecar(sid, ["key", "ext", "width", "height", "caption"]).to_pylist()
+            except Exception as e:  # noqa: BLE001 - a damaged shard is left out, not a dead run
+                self.stats.unreadable_shards += 1
+                log.warning("shard %s: its sidecar or captions cannot be read (%s); left out of epoch %d "
+                            "(deepfusion dataset verify names the damage)", sid, type(e).__name__, epoch)
+                continue
             for row in side:
                 choice = self._caption_for(epoch, row, captions.get(row["key"]))
                 if choice is None:
@@ -195,10 +205,15 @@ class MicroBatch:
     bucket: tuple[int, int]
     last_of_step: bool  # the final micro-batch of a global batch (the optimizer steps after it)
     position: LoaderPosition  # the loader position once this global batch is consumed
+    valid: torch.Tensor | None = None  # bool [m]: False where the sample was damaged (loss weight 0)
 
 
 class TarIndex:
-    """Member offsets of committed tars, so a rank reads only its own samples' bytes."""
+    """Member offsets of committed tars, so a rank reads only its own samples' bytes.
+
+    Damage is contained: a tar whose headers break off lists the members before the break; a
+    member that is missing, or whose recorded size runs past the end of the file, reads as None.
+    """
 
     def __init__(self, dataset: Dataset, keep: int = 64):
         self.dataset, self.keep = dataset, keep
@@ -206,30 +221,54 @@ class TarIndex:
 
     def members(self, sid: str) -> dict[str, tuple[int, int]]:
         if sid not in self.index:
-            with self.dataset.storage.open(f"shards/{sid}.tar") as f, tarfile.open(fileobj=f, mode="r|") as tf:
-                self.index[sid] = {m.name: (m.offset_data, m.size) for m in tf}
+            found: dict[str, tuple[int, int]] = {}
+            try:
+                with self.dataset.storage.open(f"shards/{sid}.tar") as f:
+                    f.seek(0, io.SEEK_END)
+                    end = f.tell()
+                    f.seek(0)
+                    with tarfile.open(fileobj=f, mode="r|") as tf:
+                        for m in tf:
+                            if m.offset_data + m.size <= end:
+                                found[m.name] = (m.offset_data, m.size)
+            except Exception as e:  # noqa: BLE001 - keep what was listed before the damage
+                log.warning("shard %s: tar listing stopped after %d members (%s)", sid, len(found), type(e).__name__)
+            self.index[sid] = found
             while len(self.index) > self.keep:
                 self.index.pop(next(iter(self.index)))
         return self.index[sid]
 
-    def read(self, samples: list[PlannedSample]) -> list[bytes]:
-        out: dict[int, bytes] = {}
+    def read(self, samples: list[PlannedSample]) -> list[bytes | None]:
+        out: dict[int, bytes | None] = {}
         by_shard: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
             by_shard.setdefault(s.shard, []).append(i)
         for sid, idx in by_shard.items():
             members = self.members(sid)
-            with self.dataset.storage.open(f"shards/{sid}.tar") as f:
-                for i in sorted(idx, key=lambda i: members[f"{samples[i].key}.{samples[i].ext}"][0]):
-                    offset, size = members[f"{samples[i].key}.{samples[i].ext}"]
-                    f.seek(offset)
-                    out[i] = f.read(size)
-        return [out[i] for i in range(len(samples))]
+            names = {i: f"{samples[i].key}.{samples[i].ext}" for i in idx}
+            try:
+                with self.dataset.storage.open(f"shards/{sid}.tar") as f:
+                    for i in sorted(idx, key=lambda i: members.get(names[i], (-1, 0))[0]):
+                        if names[i] not in members:
+                            out[i] = None
+                            continue
+                        offset, size = members[names[i]]
+                        f.seek(offset)
+                        data = f.read(size)
+                        out[i] = data if len(data) == size else None
+            except Exception as e:  # noqa: BLE001 - the whole shard file is unreadable right now
+                log.warning("shard %s: tar unreadable (%s)", sid, type(e).__name__)
+        return [out.get(i) for i in range(len(samples))]
 
 
-def _decode(data: bytes, bucket: tuple[int, int]) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as image:
-        return resize_to_bucket(image, bucket)
+def _decode(data: bytes | None, bucket: tuple[int, int]) -> torch.Tensor | None:
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return resize_to_bucket(image, bucket)
+    except Exception:  # noqa: BLE001 - an undecodable image is skipped (counted), never a crash
+        return None
 
 
 class ShardLoader:
@@ -281,9 +320,16 @@ class ShardLoader:
                 start = (a * self.world + self.rank) * self.micro
                 yield batch, a, batch.samples[start : start + self.micro]
 
-    def _load(self, bucket, samples: list[PlannedSample]) -> torch.Tensor:
+    def _load(self, bucket, samples: list[PlannedSample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, valid mask); a damaged sample keeps its slot as a blank image, valid False."""
         blobs = self.tars.read(samples)
-        return torch.stack(list(self.pool.map(_decode, blobs, [bucket] * len(blobs))))
+        decoded = list(self.pool.map(_decode, blobs, [bucket] * len(blobs)))
+        blank = torch.zeros(3, *bucket, dtype=torch.uint8)
+        valid = torch.tensor([d is not None for d in decoded], dtype=torch.bool)
+        for s, d in zip(samples, decoded):
+            if d is None:
+                log.warning("sample %s (shard %s): unreadable or undecodable image, skipped", s.key, s.shard)
+        return torch.stack([blank if d is None else d for d in decoded]), valid
 
     def __iter__(self) -> Iterator[MicroBatch]:
         ahead: deque = deque()
@@ -301,8 +347,9 @@ class ShardLoader:
                     return
                 batch, a, samples, future = ahead.popleft()
                 t0 = time.perf_counter()
-                images = future.result()
+                images, valid = future.result()
                 self.wait_s += time.perf_counter() - t0
+                self.stats.corrupt_samples += int((~valid).sum())
                 last = a == self.accum - 1
                 position = LoaderPosition(batch.epoch, batch.index + 1, batch.windows)
                 if last:
@@ -311,6 +358,6 @@ class ShardLoader:
                     self.keys_file.write(f"{batch.epoch}\t{batch.index}\t{a}\t{','.join(s.key for s in samples)}\n")
                     self.keys_file.flush()
                 yield MicroBatch(images, [s.caption for s in samples], [s.level for s in samples],
-                                 [s.key for s in samples], batch.bucket, last, position)
+                                 [s.key for s in samples], batch.bucket, last, position, valid)
         finally:
             io_pool.shutdown(wait=False, cancel_futures=True)

@@ -205,9 +205,15 @@ def train(cfg: TrainConfig) -> dict:
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
             g = noise_generator(cfg.seed, step, rank, micro_step, device)
             losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], generator=g)
-            engine.backward(losses.mean())
+            if batch.valid is None or bool(batch.valid.all()):
+                engine.backward(losses.mean())
+                breakdown.add(losses, sigmas, batch.levels)
+            else:  # damaged samples (bit rot) keep their slots with weight 0: every rank steps alike
+                weight = batch.valid.to(losses.device, losses.dtype)
+                engine.backward((losses * weight).sum() / weight.sum().clamp(min=1))
+                mask = batch.valid.to(losses.device)
+                breakdown.add(losses[mask], sigmas[mask], [lv for lv, k in zip(batch.levels, batch.valid.tolist()) if k])
             engine.step()
-            breakdown.add(losses, sigmas, batch.levels)
         assert batch.last_of_step
         step += 1
         images += cfg.global_batch
@@ -223,6 +229,7 @@ def train(cfg: TrainConfig) -> dict:
                 "data_wait_fraction": (loader.wait_s - last_wait) / (now - last_t),
                 "skipped_steps": optimizer.skipped, "peak_memory_mb": peak_memory_mb(),
                 "samples_without_caption": loader.stats.no_caption,
+                "corrupt_samples": loader.stats.corrupt_samples, "unreadable_shards": loader.stats.unreadable_shards,
             })
             if encoder.cache is not None:
                 values.update(encoder.cache.stats())

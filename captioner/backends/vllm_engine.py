@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 
+from common.messages import safe_message
+
 from ..answers import Answer, Request
 from ..config import EngineConfig, SamplingConfig
 from ..prompts import PromptSet
@@ -89,6 +91,21 @@ class VllmGenerate:
         return [{"prompt": self.rendered[r.slot], "multi_modal_data": {"image": images[r.index]}} for r in requests]
 
     def __call__(self, requests: list[Request], images: list) -> list[Answer]:
+        """Answers in request order. A request the engine refuses (its processor rejects the image,
+        the prompt is too long ...) fails alone: the call is split in halves until the refused
+        request(s) are found; vLLM refuses at admission, before any generation, so the retries
+        cost rendering only."""
+        try:
+            return self._generate(requests, images)
+        except Exception as e:  # noqa: BLE001 - one bad input must not fail the batch (or the actor)
+            if len(requests) == 1:
+                log.warning("the engine refused request %s/%s: %s", requests[0].index, requests[0].slot,
+                            type(e).__name__)
+                return [Answer("", "error", error=f"engine_rejected: {safe_message(e)}")]
+        half = len(requests) // 2
+        return self(requests[:half], images) + self(requests[half:], images)
+
+    def _generate(self, requests: list[Request], images: list) -> list[Answer]:
         outputs = self.llm.generate(self.inputs(requests, images), [self.params(r) for r in requests], use_tqdm=False)
         answers = []
         for out in outputs:

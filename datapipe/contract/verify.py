@@ -11,6 +11,7 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 
+from common.messages import safe_message
 
 from .captions import CaptionVersion, list_versions, read_version_shard
 from .manifest import MANIFEST, Manifest, ShardEntry
@@ -74,39 +75,60 @@ def _check_file(report: VerifyReport, storage: Storage, rel: str, sha256: str, s
     return True
 
 
+def _walk_tar(report: VerifyReport, storage: Storage, entry: ShardEntry, expected_sha: dict[str, str]) -> list[str] | None:
+    """The tar's sample keys in order; names samples whose image bytes differ from the sidecar's
+    sha256 (bit rot, a file edited in place) and where an unreadable tar breaks off."""
+    where = f"shard {entry.id}"
+    keys: list[str] = []
+    damaged: list[str] = []
+    try:
+        for sample in iter_shard(storage, entry):
+            keys.append(sample.key)
+            want = expected_sha.get(sample.key)
+            if want and hashlib.sha256(sample.image).hexdigest() != want:
+                damaged.append(sample.key)
+    except Exception as e:  # noqa: BLE001 - a corrupt tar raises tarfile/webdataset/contract errors
+        after = f" after sample {keys[-1]}" if keys else " at its first member"
+        report.error(where, f"tar unreadable{after} ({len(keys)} samples read): {safe_message(e)}")
+        keys = None
+    if damaged:
+        report.error(where, f"{len(damaged)} sample(s) whose image bytes no longer match the sidecar's sha256 "
+                     f"(damaged on storage): {damaged[:10]}")
+    return keys
+
+
 def _verify_shard(report: VerifyReport, storage: Storage, entry: ShardEntry, all_keys: Counter) -> set[str]:
     where = f"shard {entry.id}"
     keys: set[str] = set()
     tar_ok = _check_file(report, storage, entry.tar, entry.sha256, entry.bytes)
     side_ok = _check_file(report, storage, entry.sidecar, entry.sidecar_sha256)
-    if tar_ok:
-        try:
-            tar_keys = [s.key for s in iter_shard(storage, entry)]
-        except (ContractError, Exception) as e:  # a corrupt tar raises tarfile/other errors
-            report.error(where, f"tar unreadable: {e}")
-            tar_keys = None
-        if tar_keys is not None:
-            if len(tar_keys) != entry.samples:
-                report.error(where, f"tar has {len(tar_keys)} samples, the manifest says {entry.samples}")
-            dupes = [k for k, n in Counter(tar_keys).items() if n > 1]
-            if dupes:
-                report.error(where, f"tar repeats key(s) {dupes[:5]}")
-            keys = set(tar_keys)
+    table = None
     if side_ok:
         try:
             table = read_sidecar(storage, entry)
         except (ContractError, Exception) as e:
-            report.error(entry.sidecar, f"unreadable: {e}")
-            table = None
-        if table is not None:
-            side_keys = table.column("key").to_pylist()
-            if len(side_keys) != entry.samples:
-                report.error(entry.sidecar, f"{len(side_keys)} rows, the manifest says {entry.samples}")
-            if tar_ok and keys and set(side_keys) != keys:
-                only_tar = sorted(keys - set(side_keys))[:5]
-                only_side = sorted(set(side_keys) - keys)[:5]
-                report.error(where, f"tar and sidecar keys differ (only in tar: {only_tar}, only in sidecar: {only_side})")
-            keys = keys or set(side_keys)
+            report.error(entry.sidecar, f"unreadable: {safe_message(e)}")
+    side_keys = table.column("key").to_pylist() if table is not None else None
+    if storage.exists(entry.tar):  # walked even when its sha256 is off: to name what is damaged
+        expected = dict(zip(side_keys, table.column("sha256").to_pylist())) if table is not None else {}
+        tar_keys = _walk_tar(report, storage, entry, expected)
+        if tar_keys is not None:
+            if len(tar_keys) != entry.samples:
+                lost = sorted(set(side_keys or []) - set(tar_keys))
+                report.error(where, f"tar has {len(tar_keys)} samples, the manifest says {entry.samples}"
+                             + (f"; missing from the tar: {lost[:10]}" if lost else ""))
+            dupes = [k for k, n in Counter(tar_keys).items() if n > 1]
+            if dupes:
+                report.error(where, f"tar repeats key(s) {dupes[:5]}")
+            keys = set(tar_keys)
+    if side_keys is not None:
+        if len(side_keys) != entry.samples:
+            report.error(entry.sidecar, f"{len(side_keys)} rows, the manifest says {entry.samples}")
+        extra = sorted(keys - set(side_keys))
+        if tar_ok and keys and extra:
+            report.error(where, f"tar and sidecar keys differ (only in tar: {extra[:5]}, only in sidecar: "
+                         f"{sorted(set(side_keys) - keys)[:5]})")
+        keys = set(side_keys)  # what the shard holds by its metadata: captions are checked against it
     if entry.rejects or storage.exists(entry.rejects_file):
         if _check_file(report, storage, entry.rejects_file, entry.rejects_sha256):
             rejects = read_rejects(storage, entry)

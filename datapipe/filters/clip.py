@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from ..config import ClipConfig
 from ..rows import live, reject, to_table
+from common.messages import safe_message
 
 HEADS = ("aesthetic", "nsfw", "watermark")
 
@@ -87,10 +88,24 @@ class ClipStage:
         rows = batch.to_pylist()
         todo = [r for r in rows if live(r) and r["clip_pixels"] is not None]
         for start in range(0, len(todo), self.cfg.batch_size):
-            self._score(todo[start : start + self.cfg.batch_size])
+            self._score_isolated(todo[start : start + self.cfg.batch_size])
         for r in rows:
             r["clip_pixels"] = None  # served its purpose; do not ship pixels twice
         return to_table(rows)
+
+    def _score_isolated(self, rows: list[dict[str, Any]]) -> None:
+        """Score a batch; if the batch fails, score its rows one by one so only the bad ones are
+        rejected (stage filter, reason internal_error) and the rest keep their scores."""
+        try:
+            self._score(rows)
+            return
+        except Exception:  # noqa: BLE001 - find the row(s) that broke the batch
+            pass
+        for r in rows:
+            try:
+                self._score([r])
+            except Exception as e:  # noqa: BLE001 - fault isolation per row
+                reject(r, "filter", "internal_error", f"CLIP stage: {safe_message(e)}")
 
     def _score(self, rows: list[dict[str, Any]]) -> None:
         torch, cfg = self.torch, self.cfg

@@ -11,6 +11,7 @@ so no later stage decodes again.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from typing import Any
 
@@ -20,25 +21,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import DecodeConfig
 from ..rows import live, reject, to_table
+from common.messages import safe_message
+
+from ..sniff import describe_payload
 
 STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; transparency is composited over white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    """Any PIL mode -> 8-bit RGB with a clean `info` (no transparency, ICC or EXIF carried along);
+    transparency (alpha, tRNS on RGB/L/P, palette transparency) is composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        finite = arr[np.isfinite(arr)]
+        top = 65535.0 if finite.size and finite.max() > 255 else 255.0
+        arr = np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    transparent = "transparency" in img.info
+    if img.mode == "RGB" and not transparent:
+        out = img.copy() if img.info else img
+    elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or transparent:
+        try:
+            rgba = img.convert("RGBA")
+        except (ValueError, TypeError, OSError):  # a tRNS chunk that does not fit the mode: ignore it
+            img.info.pop("transparency", None)
+            rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+        out = Image.alpha_composite(white, rgba).convert("RGB")
+    else:
+        out = img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    out.info = {}
+    return out
 
 
 def clip_view(img: Image.Image, size: int) -> bytes:
@@ -64,20 +77,29 @@ class DecodeStage:
         return to_table([self.decode(r) if live(r) else r for r in batch.to_pylist()])
 
     def decode(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One row; whatever goes wrong, the row comes back (as a sample or a reject), never an exception."""
+        try:
+            return self._decode(row)
+        except Exception as e:  # noqa: BLE001 - fault isolation: one row's failure is that row's reject
+            return reject(row, "decode", "internal_error", safe_message(e))
+
+    def _decode(self, row: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         data = row["image"]
         try:
             img = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return reject(row, "decode", "decompression_bomb", str(e))
+            return reject(row, "decode", "decompression_bomb", safe_message(e))
         except UnidentifiedImageError:
-            return reject(row, "decode", "not_an_image", f"{len(data)} bytes that no image decoder recognises "
-                          f"(starts with {data[:16]!r})")
-        except (OSError, SyntaxError, ValueError) as e:
-            return reject(row, "decode", "corrupt", str(e))
+            return reject(row, "decode", "not_an_image", "no image decoder recognises it: "
+                          + describe_payload(data, row.get("content_type")))
+        except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError) as e:
+            return reject(row, "decode", "corrupt", f"{safe_message(e)} ({describe_payload(data, row.get('content_type'))})")
         w, h = img.size
         if w * h > cfg.max_pixels:
             return reject(row, "decode", "decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}")
+        if w < 1 or h < 1:
+            return reject(row, "decode", "corrupt", f"declared size {w}x{h}")
         fmt = img.format
         if not cfg.enabled:  # filters off: header only
             if fmt not in STORED_FORMATS:
@@ -87,13 +109,21 @@ class DecodeStage:
             return row
         try:
             img.load()  # the first frame of an animation
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            return reject(row, "decode", "decompression_bomb", safe_message(e))
+        except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, KeyError) as e:
             reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
-            return reject(row, "decode", reason, str(e))
-        changed = _has_rotation(img)
-        oriented = ImageOps.exif_transpose(img) if changed else img
+            return reject(row, "decode", reason, safe_message(e))
+        rotated = _has_rotation(img)
+        oriented = img
+        if rotated:
+            try:
+                oriented = ImageOps.exif_transpose(img)
+            except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image: keep it unrotated
+                rotated = False
         rgb = to_rgb(oriented)
-        changed = changed or rgb is not oriented or fmt not in STORED_FORMATS or getattr(img, "is_animated", False)
+        changed = (rotated or oriented.mode != "RGB" or "transparency" in oriented.info or fmt not in STORED_FORMATS
+                   or getattr(img, "is_animated", False))
 
         ow = row["original_width"] or rgb.width  # img2dataset resize modes report the original size
         oh = row["original_height"] or rgb.height

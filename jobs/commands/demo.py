@@ -54,7 +54,9 @@ def _demo(args: argparse.Namespace) -> int:
         from jobs.commands import config_path
 
         cfg = load_curate_config(config_path("curate", "embedded"), [f"input.paths=[{corpus / 'urls.parquet'}]",
-                                                           f"output={dataset}", *CURATE_OVERRIDES])
+                                                           f"output={dataset}", *CURATE_OVERRIDES,
+                                                           # the URL policy opens loopback for this server only
+                                                           f"download.url_policy.allow=[127.0.0.1:{port}]"])
         summary = curate(cfg)
     print(format_summary(summary))
     report = verify_dataset(str(dataset))
