@@ -67,7 +67,10 @@ class DecodeConfig:
     jpeg_quality: int = 95  # when a JPEG has to be re-encoded (CMYK, EXIF rotation, downscale)
     phash: bool = True  # perceptual hash for near-duplicate detection
     phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
-    batch_size: int = 256  # rows per block passed from the shard task to the next stages
+    batch_size: int = 256  # rows decoded (and scored) at a time in a shard task
+    # extra image decoders, imported (and called) in every worker before decoding, as "module" or
+    # "module:function", e.g. [pillow_heif:register_heif_opener] for HEIC, [pillow_avif] for AVIF
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,11 +104,23 @@ class ClipConfig:
 
 @dataclass
 class DedupConfig:
+    """Dedup against every sample kept earlier in input order (datapipe/dedup)."""
+
     sha256: bool = True  # byte-identical downloads
     # Hamming distance <= this between perceptual hashes = near duplicate. Measured on the scenes
     # corpus with 256-bit hashes: JPEG re-encodes differ by <= 20 bits, distinct images by >= 68.
     phash_distance: int | None = 32
     clip_cosine: float | None = None  # cosine >= this between CLIP embeddings = near duplicate
+    partitions: int = 2  # index actors; each owns 1/partitions of the rows (memory per actor)
+    actor_cpus: float = 0.25  # Ray CPUs per index actor
+    # multi-index hashing of the perceptual hash: `phash_segments` hash tables of bits/segments
+    # bits, probed within `phash_flips` flipped bits; every hash within
+    # segments x (flips + 1) - 1 bits (19 for 10 and 1) is found, farther ones up to
+    # phash_distance mostly (benchmarks/dedup_scale.py measures the recall)
+    phash_segments: int = 10
+    phash_flips: int = 1
+    clip_nlist: int = 1024  # CLIP index cells (trained once, on the first shard with embeddings)
+    clip_nprobe: int = 16  # cells probed per query
 
 
 @dataclass
@@ -117,9 +132,15 @@ class RayConfig:
 @dataclass
 class CurateConfig:
     output: str = ""  # the dataset root (local path or fsspec URI)
-    work_dir: str | None = None  # shard inputs + img2dataset's output until read; default <output>/_work (local output)
+    # img2dataset's staging while a shard downloads: a local folder that exists on every node;
+    # default <output>/_work when the output is local
+    work_dir: str | None = None
     shard_size: int = 1000  # input rows per shard (samples + rejects)
     keep_work: bool = False  # keep img2dataset's output after a shard is committed (debugging)
+    # a shard (or part) whose task dies is run again this many times, then split in halves down to
+    # the rows that kill it (rejected as worker_crash); an uncaught exception splits at once
+    task_retries: int = 2
+    max_inflight: int = 0  # shard tasks in flight; 0 = twice the cluster's CPUs / download.task_cpus
     progress: bool = True
     input: InputConfig = field(default_factory=InputConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
@@ -129,6 +150,8 @@ class CurateConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
+        if self.dedup.partitions < 1:
+            raise ValueError("dedup.partitions must be >= 1")
         if self.shard_size < 1 or self.shard_size > 999_999:
             raise ValueError("shard_size must be in 1..999999 (keys give a row 6 digits)")
         if not self.decode.enabled and (self.clip.enabled or self.dedup.phash_distance is not None):

@@ -1,11 +1,19 @@
 """The curation job: URL lists -> committed WebDataset/Parquet shards with rejects, on Ray.
 
-    input shards (work/inputs/<id>.parquet) --Ray Data--> download (img2dataset) -> decode -> [CLIP]
-                                                      --> driver: dedup -> shards, in input order
+    driver:  URL lists --plan--> input shards (key, url, caption, extra) --Ray tasks--> manifest commits
+    task:    img2dataset download -> decode -> [CLIP actors] -> dedup (index actors) -> tar/sidecar/rejects
 
-One streaming Ray Data execution covers every pending shard, so downloading one shard overlaps
-filtering the previous ones. Shards already in the manifest are skipped: a job killed at any point
-and started again with the same command finishes the rest, and a finished job re-run does nothing.
+The driver carries metadata only. It streams the shard plan from the URL lists, hands each
+shard's input rows to a Ray task (a bounded number in flight), and commits the entries the
+tasks return to the manifest in input order. Each task downloads, decodes, scores, deduplicates
+and writes its own shard to the dataset storage (temporary name + rename); images never pass
+through the driver. Dedup is a set of Ray actors owning partitions of the hash space
+(datapipe/dedup), with a gate that gives every shard the answer of one pass in input order.
+
+A task that dies is retried (`task_retries`); a shard that keeps killing its worker is split in
+halves, and halves again, until the rows that kill it are found and rejected (`worker_crash`, or
+`internal_error` for an exception no stage caught): every dataset finishes. Shards already in
+the manifest are skipped, so a job killed at any point and started again finishes the rest.
 """
 
 from __future__ import annotations
@@ -13,30 +21,35 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
+import pickle
+import resource
 import shutil
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from tqdm import tqdm
 
-from datapipe.contract import Dataset, Manifest, ShardEntry, Storage, utc_now
+from datapipe.contract import Manifest, ShardEntry, Storage, commit_shards, utc_now
 from datapipe.contract.runtime import init_ray as join_or_start_ray
 from datapipe.contract.shards import read_rejects
 
-from .assemble import ShardAssembler
 from .config import CurateConfig
-from .dedup import DedupIndex
 from .inputs import input_files, iter_shards
+from .shard_task import ShardJob, ShardResult
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("deepfusion", "img2dataset", "ray", "open_clip_torch", "pillow", "imagehash", "pyarrow")
+PACKAGES = ("deepfusion", "img2dataset", "ray", "open_clip_torch", "pillow", "imagehash", "pyarrow", "faiss-cpu")
 
 
 class PlanMismatch(ValueError):
     pass
+
+
+class ShardFailed(RuntimeError):
+    """A shard could not be written even with its poison rows removed (storage, a dead index actor)."""
 
 
 def _versions() -> dict[str, str]:
@@ -59,70 +72,185 @@ def _work_dir(cfg: CurateConfig, storage: Storage) -> Path:
     if cfg.work_dir:
         return Path(cfg.work_dir)
     if "://" in storage.uri and not storage.uri.startswith("file://"):
-        raise ValueError("output is remote: set work_dir to a local folder for img2dataset's staging")
+        raise ValueError("output is remote: set work_dir to a local scratch folder (on every node) for "
+                         "img2dataset's staging")
     return Path(storage.path("_work"))
 
 
-def process_shards(cfg: CurateConfig, work: Path, shard_ids: list[str], assembler: ShardAssembler) -> None:
-    """The Ray Data pipeline over the pending shards; rows reach the assembler in input order."""
-    import ray.data
+# -- failure bookkeeping ---------------------------------------------------------------------------
+def _failure(err: BaseException) -> tuple[str, bool]:
+    """(what happened, is it a dead worker) for an exception from ray.get; fatal errors re-raise."""
+    import ray.exceptions as rx
 
-    from .download import DownloadStage
-    from .filters.decode import DecodeStage
+    if isinstance(err, rx.RayTaskError):
+        cause = err.cause
+        if isinstance(cause, (rx.RayActorError, ShardFailed)):
+            raise err  # a dead dedup/CLIP actor or a write that cannot succeed: the run stops, a rerun resumes
+        from common.messages import safe_message
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # dedup keeps the first occurrence in input order
-    ctx.enable_progress_bars = False
-    clip_size = None
-    if cfg.clip.enabled:
-        from .filters.clip import clip_image_size
-
-        clip_size = clip_image_size(cfg.clip)
-    ds = ray.data.from_items([{"shard": sid} for sid in shard_ids], override_num_blocks=len(shard_ids))
-    # One task per shard: download, then decode each block of rows as it comes. The two are fused
-    # by hand: left to Ray Data, two map_batches fuse with the larger batch size (decode's rows)
-    # as the number of *shard ids* per task, which ran every shard in one sequential task.
-    decode = DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep")
-    ds = ds.map_batches(DownloadStage(str(work), cfg.download, cfg.decode, cfg.shard_size, then=decode),
-                        batch_size=1, num_cpus=cfg.download.task_cpus)
-    if cfg.clip.enabled:
-        from .filters.clip import ClipStage
-
-        gpus = {"num_gpus": cfg.clip.num_gpus} if cfg.clip.num_gpus else {}
-        ds = ds.map_batches(ClipStage, fn_constructor_kwargs={"cfg": cfg.clip}, batch_size=cfg.clip.batch_size,
-                            batch_format="pyarrow", concurrency=cfg.clip.concurrency, num_cpus=cfg.clip.num_cpus,
-                            **gpus)
-    try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                assembler.add(row)
-        assembler.close()
-    except BaseException:
-        assembler.abort()
-        raise
+        return f"an exception no stage caught ({safe_message(cause) if cause else 'unknown'})", False
+    if isinstance(err, rx.OutOfMemoryError):
+        return "the worker was killed for memory", True
+    if isinstance(err, (rx.WorkerCrashedError, rx.NodeDiedError, rx.ObjectLostError, rx.LocalRayletDiedError)):
+        return f"the worker died ({type(err).__name__})", True
+    raise err
 
 
-def _write_inputs(cfg: CurateConfig, work: Path, committed: set[str]) -> dict[str, int]:
-    """Stream the shard plan to work/inputs/<id>.parquet for every uncommitted shard; id -> rows."""
-    import pyarrow.parquet as pq
+@dataclass
+class Unit:
+    """A piece of work in flight: a whole shard, a range of a split shard, or a split shard's write."""
 
-    folder = work / "inputs"
-    folder.mkdir(parents=True, exist_ok=True)
-    pending = {}
-    for shard in iter_shards(cfg.input, cfg.shard_size):
-        if shard.id in committed:
-            continue
-        target = folder / f"{shard.id}.parquet"
-        pq.write_table(shard.rows, str(target) + ".tmp")
-        os.replace(str(target) + ".tmp", target)
-        pending[shard.id] = shard.rows.num_rows
-    return pending
+    kind: str  # whole | part | write
+    shard: "ShardPlan"
+    lo: int = 0
+    hi: int = 0
+    attempts: int = 0
+    data_ref: object = None  # part: its processed rows (stays in the object store)
+
+
+@dataclass
+class ShardPlan:
+    id: str
+    rows_ref: object  # the input rows, put once in the object store
+    inputs: int
+    split: bool = False
+    open: set = field(default_factory=set)  # row ranges of a split shard not finished yet
+    parts: dict = field(default_factory=dict)  # finished ranges -> their processed rows (object refs)
+    poison: dict = field(default_factory=dict)  # row -> (reason, detail)
+
+
+class Driver:
+    def __init__(self, cfg: CurateConfig, storage: Storage, job: ShardJob, lineage: dict, on_commit, service=None):
+        import ray
+
+        from .shard_task import part_task, shard_task, write_task
+
+        self.cfg, self.storage, self.job, self.lineage, self.on_commit = cfg, storage, job, lineage, on_commit
+        self.service = service
+        opts = {"num_cpus": cfg.download.task_cpus, "max_retries": 0, "scheduling_strategy": "SPREAD"}
+        self.remote_whole = ray.remote(**opts)(shard_task)
+        self.remote_part = ray.remote(num_returns=2, **opts)(part_task)
+        self.remote_write = ray.remote(**opts)(write_task)
+        self.job_ref = ray.put(job)
+        self.inflight: dict[object, Unit] = {}
+        self.ready: dict[str, ShardResult] = {}
+        self.order: collections.deque[str] = collections.deque()  # submitted shards awaiting commit, in order
+        self.counts: collections.Counter = collections.Counter()
+        self.committed: list[ShardEntry] = []
+        self.nodes: collections.Counter = collections.Counter()
+        self.bytes_received = 0
+        self.crash_units = 0
+
+    # -- submitting ---------------------------------------------------------------------------
+    def _submit(self, unit: Unit) -> None:
+        s = unit.shard
+        if unit.kind == "whole":
+            ref = self.remote_whole.remote(self.job_ref, s.id, s.rows_ref)
+        elif unit.kind == "part":
+            unit.data_ref, ref = self.remote_part.remote(self.job_ref, s.id, s.rows_ref, unit.lo, unit.hi)
+        else:
+            parts = [s.parts[r] for r in sorted(s.parts)]
+            ref = self.remote_write.remote(self.job_ref, s.id, s.rows_ref, s.poison, *parts)
+        unit.attempts += 1
+        self.inflight[ref] = unit
+
+    def add_shard(self, shard) -> None:
+        import ray
+
+        plan = ShardPlan(shard.id, ray.put(shard.rows), shard.rows.num_rows)
+        self.order.append(shard.id)
+        self._submit(Unit("whole", plan, 0, plan.inputs))
+
+    # -- results --------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> None:
+        import ray
+
+        if not self.inflight:
+            return
+        done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        for ref in done:
+            self._handle(ref, self.inflight.pop(ref))
+        self._commit_ready()
+
+    def _handle(self, ref, unit: Unit) -> None:
+        import ray
+
+        s = unit.shard
+        try:
+            value = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - classified below; fatal kinds re-raise
+            what, crashed = _failure(err)
+            self._failed(unit, what, crashed)
+            return
+        self.bytes_received += len(pickle.dumps(value))
+        if unit.kind == "part":
+            self._part_done(unit)
+            return
+        self.ready[s.id] = value
+        self.nodes[value.node] += 1
+
+    def _failed(self, unit: Unit, what: str, crashed: bool) -> None:
+        s, cfg = unit.shard, self.cfg
+        self.crash_units += 1
+        log.warning("shard %s (%s, rows %d-%d): %s (attempt %d)", s.id, unit.kind, unit.lo, unit.hi, what,
+                    unit.attempts)
+        if unit.kind == "write":
+            if unit.attempts > cfg.task_retries:
+                raise ShardFailed(f"shard {s.id} could not be written after {unit.attempts} attempts: {what}")
+            self._submit(unit)
+            return
+        if crashed and unit.attempts <= cfg.task_retries:
+            self._submit(unit)  # a dead worker may be bad luck (memory pressure): the same work again
+            return
+        if not s.split:
+            s.split = True
+            log.warning("shard %s: splitting it to find the row(s) that break its task", s.id)
+        s.open.discard((unit.lo, unit.hi))
+        if unit.hi - unit.lo == 1:  # found: this row kills (or breaks) whatever processes it
+            reason = "worker_crash" if crashed else "internal_error"
+            s.poison[unit.lo] = (reason, f"{what}; {unit.attempts} attempt(s) on this row alone")
+        else:
+            mid = (unit.lo + unit.hi) // 2
+            for lo, hi in ((unit.lo, mid), (mid, unit.hi)):
+                s.open.add((lo, hi))
+                self._submit(Unit("part", s, lo, hi))
+        self._maybe_write(s)
+
+    def _part_done(self, unit: Unit) -> None:
+        s = unit.shard
+        s.parts[(unit.lo, unit.hi)] = unit.data_ref
+        s.open.discard((unit.lo, unit.hi))
+        self._maybe_write(s)
+
+    def _maybe_write(self, s: ShardPlan) -> None:
+        if s.split and not s.open:
+            self._submit(Unit("write", s))
+
+    def _commit_ready(self) -> None:
+        entries = []
+        while self.order and self.order[0] in self.ready:
+            result = self.ready.pop(self.order.popleft())
+            entries.append(result.entry)
+            for k, v in result.counts.items():
+                self.counts[k] += v
+        if entries:
+            commit_shards(self.storage, entries, self.lineage)
+            for e in entries:
+                self.committed.append(e)
+                if self.service is not None:
+                    self.service.committed(int(e.id))  # the partitions drop the shard's retry memo
+                self.on_commit(e)
+
+    @property
+    def busy(self) -> int:
+        return len(self.inflight)
 
 
 def curate(cfg: CurateConfig) -> dict:
     if not cfg.output:
         raise ValueError("output is empty: name the dataset root to write (output=/path/to/dataset)")
     t0 = time.time()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     storage = Storage(cfg.output)
     for folder in ("shards", "rejects"):
         storage.remove_stale_temporaries(folder)
@@ -138,13 +266,8 @@ def curate(cfg: CurateConfig) -> dict:
     lineage = {"curate": {"plan_hash": plan, "inputs": files, "config": cfg.to_dict(), "versions": _versions(),
                           "started_at": utc_now()}}
     committed = set(manifest.shard_ids)
-    dataset = Dataset(storage, require_manifest=False)
-    dedup = DedupIndex.from_dataset(cfg.dedup, dataset)
     work = _work_dir(cfg, storage)
-
-    pending = _write_inputs(cfg, work, committed)
-    log.info("%d shard(s) to curate, %d already committed", len(pending), len(committed))
-    bar = tqdm(desc="curate", unit="row", total=sum(pending.values()), disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(desc="curate", unit="row", disable=not cfg.progress, dynamic_ncols=True)
     new_entries: list[ShardEntry] = []
 
     def on_commit(entry: ShardEntry) -> None:
@@ -155,34 +278,88 @@ def curate(cfg: CurateConfig) -> dict:
                         rate=f"{done / max(time.time() - t0, 1e-9):.0f}/s")
         log.debug("committed shard %s: %d samples, %d rejects", entry.id, entry.samples, entry.rejects)
 
-    assembler = ShardAssembler(storage, dedup, pending, lineage, on_commit)
-    if pending:
+    shards = (s for s in iter_shards(cfg.input, cfg.shard_size) if s.id not in committed)
+    first = next(shards, None)
+    driver = None
+    service = None
+    if first is not None:
         init_ray(cfg)
-        process_shards(cfg, work, list(pending), assembler)
+        import itertools
+
+        import ray
+
+        service, clip_actors = _start_services(cfg, storage, sorted(committed))
+        job = ShardJob(cfg, storage.uri, str(work), clip_actors, service.client() if service else None)
+        driver = Driver(cfg, storage, job, lineage, on_commit, service)
+        limit = cfg.max_inflight or max(2, int(2 * ray.cluster_resources().get("CPU", 2) / cfg.download.task_cpus))
+        try:
+            for shard in itertools.chain([first], shards):
+                while driver.busy >= limit:
+                    driver.wait()
+                driver.add_shard(shard)
+            while driver.busy:
+                driver.wait()
+        finally:
+            if service is not None:
+                service.stop()
     bar.close()
     if not cfg.keep_work and work.exists():
         shutil.rmtree(work, ignore_errors=True)
-    summary = _summary(storage, new_entries, assembler.counts, time.time() - t0)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    summary = _summary(storage, new_entries, driver, time.time() - t0,
+                       (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), service)
     _write_run_log(storage, summary)
     return summary
 
 
-def _summary(storage: Storage, new: list[ShardEntry], counts: collections.Counter, seconds: float) -> dict:
+def _start_services(cfg: CurateConfig, storage: Storage, committed: list[str]):
+    """The dedup partitions (rebuilt from the committed shards) and the CLIP actors, if enabled."""
+    import ray
+
+    service = None
+    d = cfg.dedup
+    if d.sha256 or d.phash_distance is not None or d.clip_cosine is not None:
+        from .dedup import DedupService
+
+        phash_bits = cfg.decode.phash_size**2 if (cfg.decode.phash and d.phash_distance is not None) else None
+        service = DedupService.start(d, storage, committed, phash_bits)
+    clip_actors = []
+    if cfg.clip.enabled:
+        from .filters.clip import ClipStage
+
+        gpus = {"num_gpus": cfg.clip.num_gpus} if cfg.clip.num_gpus else {}
+        actor = ray.remote(ClipStage)
+        clip_actors = [actor.options(num_cpus=cfg.clip.num_cpus, **gpus).remote(cfg.clip)
+                       for _ in range(cfg.clip.concurrency)]
+    return service, clip_actors
+
+
+def _summary(storage: Storage, new: list[ShardEntry], driver, seconds: float, driver_cpu_s: float, service) -> dict:
     manifest = Manifest.load(storage)
+    counts = driver.counts if driver else collections.Counter()
     rejects: collections.Counter = collections.Counter()
-    for entry in manifest.shards:  # totals over the whole dataset, not only this run
-        table = read_rejects(storage, entry)
-        for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):
-            rejects[f"{stage}/{reason}"] += 1
+    if len(manifest.shards) <= 2000:  # totals over the whole dataset; larger ones: deepfusion stats
+        for entry in manifest.shards:
+            table = read_rejects(storage, entry)
+            for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):
+                rejects[f"{stage}/{reason}"] += 1
     inputs = sum(e.samples + e.rejects for e in manifest.shards)
     this_run = sum(e.samples + e.rejects for e in new)
+    per_k = 1000 / this_run if this_run else 0.0
     return {
         "output": storage.uri,
         "finished_at": utc_now(),
         "seconds": round(seconds, 1),
         "this_run": {"shards": len(new), "inputs": this_run, "samples": sum(e.samples for e in new),
                      "rejects": {k: v for k, v in sorted(counts.items()) if k != "sample"},
-                     "inputs_per_s": round(this_run / seconds, 1) if seconds > 0 else None},
+                     "inputs_per_s": round(this_run / seconds, 1) if seconds > 0 else None,
+                     "nodes": dict(driver.nodes) if driver else {},
+                     "units_failed": driver.crash_units if driver else 0},
+        "driver": {"cpu_s": round(driver_cpu_s, 2), "bytes_received": driver.bytes_received if driver else 0,
+                   "cpu_s_per_1000_rows": round(driver_cpu_s * per_k, 4),
+                   "bytes_per_1000_rows": round((driver.bytes_received if driver else 0) * per_k)},
+        "dedup": {"partitions": len(service.partitions), "rebuilt_rows": service.rebuilt_rows,
+                  "rebuild_s": round(service.rebuild_s, 2)} if service else None,
         "dataset": {"shards": len(manifest.shards), "inputs": inputs, "samples": manifest.samples,
                     "rejects": manifest.rejects, "rejects_by_reason": dict(sorted(rejects.items()))},
     }
@@ -194,11 +371,13 @@ def _write_run_log(storage: Storage, summary: dict) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    run, ds = summary["this_run"], summary["dataset"]
+    run, ds, drv = summary["this_run"], summary["dataset"], summary["driver"]
     lines = [
         f"curated {summary['output']} in {summary['seconds']} s",
         f"  this run: {run['shards']} shard(s), {run['inputs']} input rows -> {run['samples']} samples "
-        f"({run['inputs_per_s']} rows/s)",
+        f"({run['inputs_per_s']} rows/s) on {len(run['nodes'])} node(s)",
+        f"  driver:   {drv['cpu_s']} CPU-s, {drv['bytes_received']} bytes received "
+        f"({drv['cpu_s_per_1000_rows']} CPU-s and {drv['bytes_per_1000_rows']} bytes per 1,000 rows)",
         f"  dataset:  {ds['shards']} shard(s), {ds['inputs']} input rows = {ds['samples']} samples + {ds['rejects']} rejects",
     ]
     for reason, n in ds["rejects_by_reason"].items():

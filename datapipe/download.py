@@ -1,17 +1,19 @@
 """Download stage: img2dataset's Downloader, one img2dataset shard per dataset shard, on Ray.
 
-We do not download anything ourselves. For each shard, the first Ray Data stage writes its rows
-(url + our row key) as img2dataset's shard input, runs img2dataset's Downloader on it (exactly
+We do not download anything ourselves. For each shard, its Ray task writes the rows (url + our
+row key) as img2dataset's shard input, runs img2dataset's Downloader on it (exactly
 what img2dataset's Ray distributor runs in each of its Ray tasks), and joins its per-sample results
 (status, error, image bytes) back to our input rows by key, so every input row comes back as an
 image or as a reject with a reason, even one img2dataset lost. The Downloader hands each result to
 a sample writer class; ours (`MemorySampleWriter`) keeps them in memory for the join instead of
 writing a tar and a parquet that we would only read back.
 
-Work-arounds for img2dataset 1.47, without forking it (ENVIRONMENT.md):
-- no total time limit per image (a server that drips bytes holds a thread for minutes) and no
-  size limit: `download_image` is replaced, by each shard task in its worker, with a version
-  with a deadline and a byte cap; the rest (user agent, X-Robots-Tag) is unchanged;
+Work-arounds for img2dataset 1.47, without forking it (docs/environment.md):
+- its urllib opens file://, ftp:// and data: URLs and any address, follows redirects anywhere,
+  has no total time limit per image (a server that drips bytes holds a thread for minutes) and no
+  size limit: `download_image` is replaced, by each shard task in its worker, with `fetch`
+  (the URL policy on every hop, a deadline, a byte cap; the user agent and X-Robots-Tag opt-out
+  check are img2dataset's);
 - its `download()` entry point cannot stream into later stages (one blocking call, a logger
   process per call, `incremental_mode="overwrite"` deleting its own temp folder): we drive its
   Downloader class per shard instead, which also makes a killed shard simply start again;
@@ -26,18 +28,16 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .config import DecodeConfig, DownloadConfig
 from .fetch import ERROR, fetch, build_opener
 from .inputs import InputShard
-from .rows import reject
+from .rows import ROW_SCHEMA, reject
 from .urlpolicy import UrlPolicy, redact
 
 log = logging.getLogger(__name__)
@@ -120,74 +120,61 @@ class MemorySampleWriter:
         pass
 
 
-# -- one shard, as a Ray Data stage -----------------------------------------------------------
-class DownloadStage:
-    """Ray Data map_batches over shard ids (batch_size=1): img2dataset's Downloader for that shard.
+# -- one shard (or a range of one): img2dataset's Downloader, as its Ray distributor runs it -------
+def _downloader(cfg: DownloadConfig, decode: DecodeConfig, shard_size: int, output_folder: Path):
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
 
-    This is what img2dataset's own Ray distributor does (a Ray task per shard calling its
-    Downloader), run as the first stage of the curation Dataset so that downloading shard k+1
-    overlaps filtering shard k in one streaming execution. img2dataset's results for the shard
-    (MemorySampleWriter) live only until they are joined to the input rows and passed on.
+    keep = cfg.resize_mode == "keep"
+    quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
+    resizer = Resizer(image_size=cfg.image_size, resize_mode="no" if keep else cfg.resize_mode,
+                      resize_only_if_bigger=True, encode_format=cfg.encode_format, encode_quality=quality,
+                      skip_reencode=True, disable_all_reencoding=keep,
+                      # in resize modes img2dataset decodes: it applies the same limits first
+                      min_image_size=decode.min_side, max_aspect_ratio=decode.max_aspect,
+                      max_image_area=decode.max_pixels)
+    directives = [d.strip().lower() for d in cfg.disallowed_header_directives]
+    return Downloader(
+        sample_writer_class=MemorySampleWriter, resizer=resizer, thread_count=cfg.threads,
+        save_caption=False, extract_exif=False, output_folder=str(output_folder),
+        column_list=["row_key", "url"], timeout=cfg.timeout_s, number_sample_per_shard=shard_size,
+        oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format,
+        retries=cfg.retries, user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=directives or None,
+    )
+
+
+def download_rows(scratch: Path, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int, shard_id: str,
+                  rows: pa.Table) -> list[dict[str, Any]]:
+    """Download `rows` (INPUT_SCHEMA: key, url, caption, extra) with img2dataset's Downloader, in
+    this process: one row back per input row, in input order, an image or a reject.
+
+    This is what img2dataset's own Ray distributor runs in each of its tasks; its results stay in
+    memory (MemorySampleWriter) until they are joined to the input rows.
     """
-
-    def __init__(self, work: str, cfg: DownloadConfig, decode: DecodeConfig, shard_size: int,
-                 then: Callable[[pa.Table], pa.Table] | None = None):
-        self.work, self.cfg, self.decode, self.shard_size = Path(work), cfg, decode, shard_size
-        self.then = then  # applied to each block of rows in the same task (the decode stage)
-
-    def _downloader(self, output_folder: Path):
-        from img2dataset.downloader import Downloader
-        from img2dataset.resizer import Resizer
-
-        cfg, keep = self.cfg, self.cfg.resize_mode == "keep"
-        quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
-        resizer = Resizer(image_size=cfg.image_size, resize_mode="no" if keep else cfg.resize_mode,
-                          resize_only_if_bigger=True, encode_format=cfg.encode_format, encode_quality=quality,
-                          skip_reencode=True, disable_all_reencoding=keep,
-                          # in resize modes img2dataset decodes: it applies the same limits first
-                          min_image_size=self.decode.min_side, max_aspect_ratio=self.decode.max_aspect,
-                          max_image_area=self.decode.max_pixels)
-        directives = [d.strip().lower() for d in cfg.disallowed_header_directives]
-        return Downloader(
-            sample_writer_class=MemorySampleWriter, resizer=resizer, thread_count=cfg.threads,
-            save_caption=False, extract_exif=False, output_folder=str(output_folder),
-            column_list=["row_key", "url"], timeout=cfg.timeout_s, number_sample_per_shard=self.shard_size,
-            oom_shard_count=5, compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format,
-            retries=cfg.retries, user_agent_token=cfg.user_agent_token,
-            disallowed_header_directives=directives or None,
-        )
-
-    def __call__(self, batch) -> Iterator[pa.Table]:
-        from .rows import to_table
-
-        (sid,) = [str(s) for s in batch["shard"]]
-        install_download_patch(self.cfg, self.decode)
-        shard = InputShard(int(sid), sid, pq.read_table(self.work / "inputs" / f"{sid}.parquet"))
-        out = self.work / "download" / sid
-        shutil.rmtree(out, ignore_errors=True)  # a killed earlier attempt
-        out.mkdir(parents=True)
-        arrow = out / "input.arrow"
-        table = pa.table({"row_key": shard.rows.column("key"), "url": shard.rows.column("url")})
-        with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
+    install_download_patch(cfg, decode)
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed earlier attempt
+    scratch.mkdir(parents=True)
+    arrow = scratch / "input.arrow"
+    table = pa.table({"row_key": rows.column("key"), "url": rows.column("url")})
+    with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
+    RESPONSES.clear()
+    try:
+        ok, _ = _downloader(cfg, decode, shard_size, scratch)((0, str(arrow)))
+    finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind
+        results = MemorySampleWriter.results.pop(str(scratch), {})
+        responses = dict(RESPONSES)
         RESPONSES.clear()
-        try:
-            ok, _ = self._downloader(out)((0, str(arrow)))
-        finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind
-            results = MemorySampleWriter.results.pop(str(out), {})
-            responses = dict(RESPONSES)
-            RESPONSES.clear()
-        if not ok:  # img2dataset printed the traceback; fail the task rather than reject every row
-            raise RuntimeError(f"img2dataset failed on shard {sid}; see the Ray worker log")
-        rows = list(joined_rows(results, shard, responses))
-        shutil.rmtree(out, ignore_errors=True)
-        step = self.decode.batch_size
-        for start in range(0, len(rows), step):  # bounded blocks, passed on as they are ready
-            block = to_table(rows[start : start + step])
-            yield self.then(block) if self.then else block
+    if not ok:  # img2dataset printed the traceback; fail the task (the driver retries, then splits)
+        raise RuntimeError(f"img2dataset failed on shard {shard_id}; see the Ray worker log")
+    out = list(joined_rows(results, InputShard(int(shard_id), shard_id, rows), responses))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return out
 
 
 # -- joining img2dataset's output back to the input rows ---------------------------------------
+EMPTY_ROW = {name: None for name in ROW_SCHEMA.names}
 # img2dataset's resizer messages (its resize modes only): fixed strings of its own
 _RESIZER = {"image too small": ("filter", "too_small"), "aspect ratio too large": ("filter", "bad_aspect"),
             "image area too large": ("decode", "decompression_bomb"), "image decoding error": ("decode", "undecodable")}
@@ -217,7 +204,7 @@ def joined_rows(results: dict[str, tuple[dict, bytes | None]], shard: InputShard
     """
     responses = responses or {}
     for i, inp in enumerate(shard.rows.to_pylist()):
-        row: dict[str, Any] = {**inp, "shard": shard.id, "url": redact(inp["url"]),
+        row: dict[str, Any] = {**EMPTY_ROW, **inp, "shard": shard.id, "url": redact(inp["url"]),
                                "content_type": responses.get(i, (None, 0))[0]}
         result, image = results.get(inp["key"], (None, None))
         if result is None:

@@ -1,8 +1,8 @@
 """The row every curation stage passes on: one per input row, samples and rejects alike.
 
 A rejected row keeps flowing (without its pixels) so the writer can account for it; every stage
-skips rows that already carry a reject. The schema is fixed, so Ray Data blocks from different
-stages and batches always line up, whatever columns happen to be null.
+skips rows that already carry a reject. The schema is fixed, so blocks from different stages
+and batches always line up, whatever columns happen to be null.
 """
 
 from __future__ import annotations

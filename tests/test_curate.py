@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -317,3 +318,98 @@ def test_shortened_demo_runs_every_stage_end_to_end_and_a_second_run_reuses_it(t
     assert (tmp_path / "demo" / "dashboard.html").stat().st_size > 1_000_000  # Plotly inlined: works offline
     # training resumed from its final checkpoint: no step was trained again
     assert "step 6/6" in first.stderr and "step 6/6" not in second.stderr and "resumed from step 6" in second.stderr
+
+
+def test_poison_rows_that_kill_their_worker_are_found_and_rejected(tmp_path):
+    """Two files that kill whatever decodes them (SIGKILL from a decoder plugin, as a segfault
+    would) among good rows: their shards are retried, split, and finish with exactly those rows
+    rejected as worker_crash; every other row is what an unpoisoned run makes of it."""
+    from crashing_decoder import MAGIC
+    from servers import Redirector
+
+    corpus, server = served_corpus(tmp_path / "corpus", n=30, seed=8, faults=0.1, fault_names=["http_404", "cmyk"])
+    files = Redirector({"poison-a": MAGIC + b"\x00" * 64, "poison-b": MAGIC + b"\x01" * 64})
+    rows = pq.read_table(corpus / "urls.parquet").to_pylist()
+    poison_at = {7, 22}
+    for i in sorted(poison_at):
+        rows[i] = {**rows[i], "URL": f"http://127.0.0.1:{files.port}/file/poison-{'ab'[i > 10]}"}
+    urls = tmp_path / "poisoned.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), urls)
+    root = tmp_path / "ds"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
+    try:
+        cmd = [*deepfusion_cmd(), "curate", f"input.paths=[{urls}]", f"output={root}", *FAST, "shard_size=10",
+               f"download.url_policy.allow=[127.0.0.1:{server.port},127.0.0.1:{files.port}]",
+               "decode.plugins=[crashing_decoder:register]", "task_retries=1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    finally:
+        server.stop()
+        files.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples, rejects = outcomes(root)
+    assert len(samples) + len(rejects) == 30
+    keys = {f"{i // 10:06d}{i % 10:06d}" for i in poison_at}
+    crashed = {k for k, r in rejects.items() if r["reason"] == "worker_crash"}
+    assert crashed == keys, (crashed, keys)
+    assert all(rejects[k]["stage"] == "decode" and "died" in rejects[k]["detail"] for k in keys)
+    truth = expected_outcomes(corpus, 10)
+    for key, t in truth.items():
+        if key not in keys:
+            got = "sample" if key in samples else rejects[key]["stage"]
+            assert got == t["expect"], (key, t, rejects.get(key))
+    assert verify_dataset(str(root)).ok
+    assert "splitting it to find the row(s)" in proc.stderr
+
+
+def _dedup_outcome(root: Path) -> dict:
+    samples, rejects = outcomes(root)
+    return {**{k: ("sample", s["sha256"]) for k, s in samples.items()},
+            **{k: (r["stage"], r["reason"], r["detail"]) for k, r in rejects.items()}}
+
+
+def test_dedup_verdicts_are_the_same_for_any_partition_count_and_across_a_kill(tmp_path):
+    corpus, server = served_corpus(tmp_path / "corpus", n=160, seed=9, duplicates=0.2, near_duplicates=0.15)
+    extra = ("shard_size=16",)
+    try:
+        one = tmp_path / "one"
+        proc = run_cli(corpus, one, *extra, "dedup.partitions=1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # three partitions, killed after the first commits, resumed with two
+        three = tmp_path / "three"
+        job = _curate_process(corpus, three, *extra, "dedup.partitions=3")
+        _kill_when(job, lambda: _committed(three) >= 2)
+        proc = run_cli(corpus, three, *extra, "dedup.partitions=2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        server.stop()
+    a, b = _dedup_outcome(one), _dedup_outcome(three)
+    assert a == b
+    dedup = [v for v in a.values() if v[0] == "dedup"]
+    assert len(dedup) >= 40 and any(v[1] == "near_duplicate_phash" for v in dedup)
+    check_against_truth(one, corpus, 16)
+
+
+def test_two_node_loopback_cluster_places_tasks_on_both_and_matches_an_embedded_run(tmp_path):
+    """`ray start --head` plus a second `ray start --address` node on 127.0.0.1 with its own
+    resources; the curate job submitted with `ray job submit`; the committed dataset must equal an
+    embedded run of the same input, and shard tasks must have run on both nodes.
+
+    The whole scenario runs in a network namespace of its own that has nothing but a loopback
+    interface (tests/two_node_cluster.py): Ray derives node addresses from the machine's routes,
+    and there every one it can find is 127.0.0.1, so nothing but loopback can be contacted."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux's unshare is needed to give the two-node cluster a loopback-only network"
+    prefix = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--net", "--map-root-user"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([*prefix, sys.executable, str(ROOT / "tests" / "two_node_cluster.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert len(result["nodes"]) == 2, result["nodes"]
+    assert result["node_addresses"] == ["127.0.0.1", "127.0.0.1"]
+    cluster, embedded = tmp_path / "cluster", tmp_path / "embedded"
+    assert _dedup_outcome(cluster) == _dedup_outcome(embedded)
+    check_against_truth(cluster, tmp_path / "corpus", 8)
+    assert verify_dataset(str(cluster)).ok

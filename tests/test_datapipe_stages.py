@@ -16,9 +16,7 @@ import pytest
 from PIL import Image
 
 from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, DownloadConfig, HeadConfig, InputConfig
-from datapipe.dedup import DedupIndex
-from datapipe.download import (LIMITS, DownloadStage, MemorySampleWriter, classify_error, download_image,
-                               install_download_patch)
+from datapipe.download import LIMITS, MemorySampleWriter, classify_error, download_image, download_rows, install_download_patch
 from datapipe.filters.decode import DecodeStage
 from datapipe.inputs import iter_shards
 from datapipe.rows import ROW_SCHEMA, to_table
@@ -124,14 +122,11 @@ def test_download_stage_joins_img2dataset_results_to_every_input_row(server, tmp
     paths = ["images", "fault/http_404", "fault/noai", "fault/truncated", "images", "fault/slow_body"]
     rows = [{"key": f"000003{i:06d}", "url": f"{url}/{p}/{scene}.png", "caption": p, "extra": "{}"}
             for i, p in enumerate(paths)]
-    (tmp_path / "inputs").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs" / "000003.parquet")
     monkeypatch.setattr("datapipe.download.LIMITS", dict(LIMITS))
     port = url.rsplit(":", 1)[1]
     cfg = DownloadConfig(threads=4, timeout_s=5, deadline_s=1.5, encode_format="png",
                          url_policy=UrlPolicyConfig(allow=[f"127.0.0.1:{port}"]))
-    stage = DownloadStage(str(tmp_path), cfg, DecodeConfig(), 6)
-    out = [r for t in stage({"shard": ["000003"]}) for r in t.to_pylist()]
+    out = download_rows(tmp_path / "download" / "000003", cfg, DecodeConfig(), 6, "000003", pa.Table.from_pylist(rows))
     assert [r["key"] for r in out] == [r["key"] for r in rows] and {r["shard"] for r in out} == {"000003"}
     assert [(r["reject_stage"], r["reject_reason"]) for r in out] == [
         (None, None), ("download", "http_404"), ("download", "opt_out"), ("download", "truncated"), (None, None),
@@ -213,22 +208,37 @@ def test_decode_off_reads_headers_only(scene_image):
         CurateConfig(decode=cfg)
 
 
-def test_dedup_index_exact_phash_and_clip():
-    index = DedupIndex(DedupConfig(sha256=True, phash_distance=4, clip_cosine=0.9))
+def test_dedup_verdicts_exact_phash_and_clip_against_the_index_and_within_the_shard():
+    from datapipe.dedup import PartitionIndex, decide
+    from datapipe.dedup.service import hashes_of
+
+    cfg = DedupConfig(sha256=True, phash_distance=4, clip_cosine=0.9)
     zeros = "0" * 48
-    e1 = np.array([1, 0, 0, 0], np.float16).tobytes()
-    index.add({"key": "a", "source_sha256": "s1", "phash": "ffff000000000000" + zeros, "clip_embedding": e1})
-    assert index.check({"source_sha256": "s1"})[0] == "duplicate"
-    assert index.check({"source_sha256": "s2", "phash": "ffff000000000000" + "0" * 47 + "7"})[0] == \
-        "near_duplicate_phash"  # 3 bits apart, in another word
-    assert index.check({"source_sha256": "s2", "phash": "ffff00000000001f" + zeros}) is None  # 5 bits
-    near = np.array([0.95, 0.31, 0, 0], np.float16).tobytes()
-    far = np.array([0.6, 0.8, 0, 0], np.float16).tobytes()
-    assert index.check({"source_sha256": "s3", "clip_embedding": near})[0] == "near_duplicate_clip"
-    assert index.check({"source_sha256": "s3", "clip_embedding": far}) is None
-    for i in range(3000):  # the index grows past its first allocation
-        index.add({"key": f"k{i}", "phash": zeros + f"{i:016x}"})
-    assert "to k2999" in index.check({"phash": zeros + f"{2999:016x}"})[1]
+    emb = lambda *v: np.array([*v, 0, 0][:4], np.float16).tobytes()  # noqa: E731
+    index = PartitionIndex(256, cfg.phash_segments, cfg.phash_flips,
+                           clip_centroids=np.eye(4, dtype=np.float32), clip_nprobe=4)
+    sha = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
+    kept = hashes_of([{"key": "000000000005", "source_sha256": sha("s1"), "phash": "ffff000000000000" + zeros,
+                       "clip_embedding": emb(1, 0)}], None)
+    index.insert({"sha": (kept.orders, kept.sha), "phash": (kept.orders, kept.phash), "clip": (kept.orders, kept.clip)})
+    rows = [{"key": "000001000000", "source_sha256": sha("s1"), "phash": "0f" * 32, "clip_embedding": emb(0, 1)},
+            {"key": "000001000001", "source_sha256": sha("s2"), "phash": "ffff000000000000" + "0" * 47 + "7",
+             "clip_embedding": emb(0, 1)},  # 3 bits from the kept hash
+            {"key": "000001000002", "source_sha256": sha("s3"), "phash": "ffff00000000001f" + zeros,
+             "clip_embedding": emb(0.6, 0.8)},  # 5 bits: not near; cosine 0.6: not near
+            {"key": "000001000003", "source_sha256": sha("s4"), "phash": "aa" * 32, "clip_embedding": emb(0.95, 0.31)},
+            {"key": "000001000004", "source_sha256": sha("s3"), "phash": "55" * 32, "clip_embedding": emb(0, 0, 1)}]
+    h = hashes_of(rows, None)
+    before = 1 * 10**6
+    verdicts = decide(h, cfg, index.query_sha(h.sha, before), index.query_phash(h.phash, 4, before),
+                      index.query_clip(h.clip, 0.9, before))
+    assert [v and v.reason for v in verdicts] == ["duplicate", "near_duplicate_phash", None, "near_duplicate_clip",
+                                                 "duplicate"]
+    assert verdicts[0].detail == "same bytes (sha256) as 000000000005"
+    assert verdicts[1].detail == "phash distance 3 to 000000000005"
+    assert verdicts[4].detail == "same bytes (sha256) as 000001000002"  # an earlier row of the same shard
+    # the index never answers with rows from the querying shard or later ones
+    assert index.query_sha(h.sha[:1], 5) == [None]
 
 
 def test_config_refuses_contradictions():

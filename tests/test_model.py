@@ -20,7 +20,7 @@ from model import (
     layer_map,
     mirror_llm,
 )
-from model.tiny import build_tiny_llama, build_tiny_vae
+from model.tiny import build_tiny_vae
 
 MODES = ["deep_fusion", "last_layer", "refiner"]
 

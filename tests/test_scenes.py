@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 
 from datapipe.contract import LEVEL_WORD_BUDGETS
 from datapipe.scenes import FAULTS, CorpusConfig, ScenesServer, generate_scene, make_corpus, reference_captions, render
-from datapipe.scenes.graph import COLORS
 
 
 def test_scene_generation_is_deterministic():

@@ -17,7 +17,7 @@ from conftest import ROOT, deepfusion_cmd, scenes_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
-from trainer.config import TrainConfig, load_config
+from trainer.config import load_config
 from trainer.deepspeed_config import deepspeed_config
 from trainer.guard import GuardedAdamW, SpikeGuardAbort, SpikeGuardConfig
 from trainer.metrics import read_metrics

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import scenes_dataset
 
-from datapipe.contract import CAPTION_STATUS_OK, LEVEL_COLUMNS, CaptionVersion, CaptionWriter, Dataset, Storage, caption_table
+from datapipe.contract import CaptionVersion, CaptionWriter, Dataset, Storage, caption_table
 from datapipe.scenes.analyze import dominant_color
 from trainer.buckets import make_buckets, nearest_bucket
 from trainer.config import DataConfig

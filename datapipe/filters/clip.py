@@ -50,7 +50,8 @@ def clip_image_size(cfg: ClipConfig) -> int:
 
 
 class ClipStage:
-    """Ray Data actor: map_batches(ClipStage, fn_constructor_kwargs={"cfg": ...}, concurrency=N)."""
+    """One CLIP model and its heads: a Ray actor (`clip.concurrency` of them, `clip.num_gpus` each)
+    that shard tasks send their decoded blocks to (`score`)."""
 
     def __init__(self, cfg: ClipConfig):
         import open_clip
@@ -83,6 +84,10 @@ class ClipStage:
         for name, head in self.heads.items():
             if dim is not None and head.in_features != dim:
                 raise ValueError(f"clip.{name}: head expects {head.in_features}-d embeddings, {cfg.model} gives {dim}")
+
+    def score(self, batch: pa.Table) -> pa.Table:
+        """The actor method shard tasks call (Ray actors do not expose __call__)."""
+        return self(batch)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -63,10 +63,28 @@ def clip_view(img: Image.Image, size: int) -> bytes:
     return resized.crop((left, top, left + size, top + size)).tobytes()
 
 
+_LOADED: set[str] = set()
+
+
+def load_plugins(specs: list[str]) -> None:
+    """Import (and call) extra decoder plugins once per process: "module" or "module:function"."""
+    import importlib
+
+    for spec in specs:
+        if spec in _LOADED:
+            continue
+        module, _, function = spec.partition(":")
+        loaded = importlib.import_module(module)
+        if function:
+            getattr(loaded, function)()
+        _LOADED.add(spec)
+
+
 class DecodeStage:
-    """Ray Data map_batches function over ROW_SCHEMA tables."""
+    """Decodes blocks of ROW_SCHEMA rows (a shard task calls it on each block it downloaded)."""
 
     def __init__(self, cfg: DecodeConfig, clip_size: int | None = None, resize: bool = True):
+        load_plugins(cfg.plugins)
         self.cfg = cfg
         self.clip_size = clip_size
         self.resize = resize  # resize_mode keep: our stage enforces max_side

@@ -1,0 +1,148 @@
+"""The dedup index: lookups that do not scan, verdicts that do not depend on the topology.
+
+Unit level here (one partition, the verdict rule, Ray actors on a local instance with shards
+finishing in any order); the curation job's own determinism across partition counts and a kill
+is in test_curate.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from datapipe.config import DedupConfig
+from datapipe.dedup.decide import decide
+from datapipe.dedup.index import PartitionIndex
+from datapipe.dedup.service import hashes_of
+
+
+def _flip(code: np.ndarray, bits: int, rng: random.Random) -> np.ndarray:
+    b = np.unpackbits(code)
+    for i in rng.sample(range(len(b)), bits):
+        b[i] ^= 1
+    return np.packbits(b)
+
+
+def test_partition_finds_every_hash_within_the_guaranteed_radius_and_nothing_later():
+    rng = random.Random(0)
+    np_rng = np.random.default_rng(0)
+    index = PartitionIndex(256, 10, 1)  # exact up to 10 x 2 - 1 = 19 bits
+    codes = np_rng.integers(0, 256, (5000, 32), dtype=np.uint8)
+    orders = np.arange(5000, dtype=np.int64) * 7
+    index.insert({"phash": (orders, codes), "sha": (orders, [bytes(c) for c in codes])})
+    for bits in (0, 1, 7, 13, 19):
+        for i in rng.sample(range(5000), 40):
+            found = index.query_phash(_flip(codes[i], bits, rng)[None], 32, 10**9)[0]
+            assert (bits, int(orders[i])) in found, (bits, i)
+    # only rows earlier than `before`; tombstoned rows never
+    found = index.query_phash(codes[10][None], 0, int(orders[10]))[0]
+    assert found == []
+    assert index.query_sha([bytes(codes[10])], 10**9) == [int(orders[10])]
+    index.tombstone([int(orders[10])])
+    assert index.query_sha([bytes(codes[10])], 10**9) == [None]
+    assert index.query_phash(codes[10][None], 0, 10**9)[0] == []
+    # random hashes are far apart: nothing within 32 bits
+    fresh = np_rng.integers(0, 256, (200, 32), dtype=np.uint8)
+    assert all(not f for f in index.query_phash(fresh, 32, 10**9))
+
+
+def _rows(n_shards: int, per_shard: int, seed: int = 0) -> list[list[dict]]:
+    """Shards of hash rows with exact and near duplicates across and within shards."""
+    rng = random.Random(seed)
+    np_rng = np.random.default_rng(seed)
+    kept: list[tuple[str, np.ndarray]] = []
+    shards = []
+    for s in range(n_shards):
+        rows = []
+        for i in range(per_shard):
+            key = f"{s:06d}{i:06d}"
+            roll = rng.random()
+            if kept and roll < 0.15:
+                sha, code = rng.choice(kept)  # exact duplicate (same bytes)
+            elif kept and roll < 0.3:
+                sha, code = f"{rng.getrandbits(256):064x}", _flip(rng.choice(kept)[1], rng.randint(1, 18), rng)
+            else:
+                sha, code = f"{rng.getrandbits(256):064x}", np_rng.integers(0, 256, 32, dtype=np.uint8)
+            kept.append((sha, code))
+            rows.append({"key": key, "source_sha256": sha, "phash": bytes(code).hex()})
+        shards.append(rows)
+    return shards
+
+
+def _reference(shards, cfg) -> dict[str, str | None]:
+    """One pass in input order against every kept row: brute force, the definition of the verdict."""
+    kept: list[tuple[int, bytes, np.ndarray]] = []
+    out = {}
+    for rows in shards:
+        for r in rows:
+            sha, code = bytes.fromhex(r["source_sha256"]), np.frombuffer(bytes.fromhex(r["phash"]), np.uint8)
+            verdict = None
+            same = [o for o, s, _ in kept if s == sha]
+            if same:
+                verdict = f"duplicate:{min(same):012d}"
+            else:
+                near = [(int(np.unpackbits(code ^ c).sum()), o) for o, _, c in kept]
+                near = [x for x in near if x[0] <= cfg.phash_distance]
+                if near:
+                    verdict = f"near_duplicate_phash:{min(near)[1]:012d}"
+            out[r["key"]] = verdict
+            if verdict is None:
+                kept.append((int(r["key"]), sha, code))
+    return out
+
+
+def _verdicts_of(shard_rows, verdicts):
+    return {r["key"]: None if v is None else f"{v.reason}:{v.detail[-12:]}" for r, v in zip(shard_rows, verdicts)}
+
+
+def test_verdicts_in_one_process_equal_the_brute_force_pass():
+    cfg = DedupConfig(phash_distance=18)  # within the exact radius: the index must agree with brute force
+    shards = _rows(4, 60)
+    index = PartitionIndex(256, cfg.phash_segments, cfg.phash_flips)
+    got = {}
+    for s, rows in enumerate(shards):
+        h = hashes_of(rows, None)
+        before = s * 10**6
+        sha = index.query_sha(h.sha, before)
+        ph = index.query_phash(h.phash, cfg.phash_distance, before)
+        verdicts = decide(h, cfg, sha, ph, [[] for _ in rows])
+        got.update(_verdicts_of(rows, verdicts))
+        kept = np.flatnonzero([v is None for v in verdicts])
+        index.insert({"sha": (h.orders[kept], [h.sha[i] for i in kept]), "phash": (h.orders[kept], h.phash[kept])})
+    assert got == _reference(shards, cfg)
+    assert sum(v is not None for v in got.values()) > 40
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_actors_give_the_same_verdicts_whatever_the_partitions_and_the_finishing_order(partitions, tmp_path):
+    import ray
+
+    from datapipe.contract import Storage
+    from datapipe.dedup.service import DedupService
+
+    cfg = DedupConfig(phash_distance=18, partitions=partitions)
+    shards = _rows(6, 40, seed=3)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        service = DedupService.start(cfg, Storage(str(tmp_path)), [], 256)
+        client = service.client()
+
+        @ray.remote(num_cpus=0.25)
+        def run(shard: int, rows, delay: float):
+            import time
+
+            time.sleep(delay)  # later shards reach the index first: the gate must hold them back
+            return client.run(shard, rows)
+
+        refs = [run.remote(s, rows, 0.5 * (len(shards) - s) / len(shards)) for s, rows in enumerate(shards)]
+        retried = run.remote(2, shards[2], 0.0)  # a shard that runs twice gets the same answer
+        got = {}
+        for rows, verdicts in zip(shards, ray.get(refs)):
+            got.update(_verdicts_of(rows, verdicts))
+        assert _verdicts_of(shards[2], ray.get(retried)) == {r["key"]: got[r["key"]] for r in shards[2]}
+        service.stop()
+    finally:
+        ray.shutdown()
+    assert got == _reference(shards, cfg)
