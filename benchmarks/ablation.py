@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 COMMON = ["data.level_weights={'1': 1, '2': 1, '3': 1, '4': 1, '5': 1, '6': 1}", "model.text_encoder.max_tokens=64",
           "checkpoint.every_steps=500", "sample.prompts=[]", "text_cache_mb=4096"]
 ARMS = {
-    "deep fusion (every layer), levels 1-6": ["model.dit.conditioning=deep_fusion"],
+    "deep fusion (6 of 30 layers), levels 1-6": ["model.dit.conditioning=deep_fusion"],
     "last layer only, levels 1-6": ["model.dit.conditioning=last_layer"],
     "LI-DiT refiner, levels 1-6": ["model.dit.conditioning=refiner"],
     "deep fusion, level 6 only": ["model.dit.conditioning=deep_fusion", "data.level_weights={'6': 1}"],
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", help="a subset of the arm names (default: all)")
     args = ap.parse_args()
 
-    from trainer.eval_scenes.run import EvalConfig, evaluate
+    from jobs.eval_scenes import EvalConfig, evaluate
 
     work = Path(args.workdir)
     corpus, dataset = work / "corpus", work / "dataset"

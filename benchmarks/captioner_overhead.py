@@ -38,7 +38,7 @@ ENGINE = ["engine.enforce_eager=true", "engine.enable_chunked_prefill=false", "e
 def _overrides(args, root: Path, model: Path, version: str) -> list[str]:
     return [f"root={root}", f"version={version}", f"model={model}", f"prompt_set={args.prompt_set}", *ENGINE,
             f"engine.batch_size={args.call_batch or 4 * args.batch}", f"engine.max_num_seqs={args.batch}",
-            f"sampling.max_tokens={args.max_tokens}", "progress=false", "ray_num_cpus=2"]
+            f"sampling.max_tokens={args.max_tokens}", "progress=false", "ray.num_cpus=2"]
 
 
 def _config(args, root: Path, model: Path, version: str):
@@ -91,8 +91,8 @@ def main() -> None:
     import shutil
 
     from captioner.tiny_vlm import build_tiny_qwen2_vl
-    from datapipe.scenes import CorpusConfig, make_corpus
-    from datapipe.scenes.dataset import ingest_corpus
+    from scenes import CorpusConfig, make_corpus
+    from scenes.dataset import ingest_corpus
 
     work = Path(args.work)
     shutil.rmtree(work / "dataset", ignore_errors=True)

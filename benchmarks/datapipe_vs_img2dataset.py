@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--clip-n", type=int, default=1000, help="URLs for the CLIP run (0: skip it)")
     args = parser.parse_args()
 
-    from datapipe.scenes import CorpusConfig, make_corpus
+    from scenes import CorpusConfig, make_corpus
     from datapipe.filters.heads import random_head, save_head
 
     cores = os.cpu_count() or 1

@@ -43,7 +43,7 @@ def main() -> None:
 
     from datapipe.contract import Storage
     from jobs.statistics import load_stats_config, run_stats
-    from jobs.statistics.synthetic import make_dataset, write_captions, write_shard
+    from scenes.stats_dataset import make_dataset, write_captions, write_shard
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="stats-bench-"))
     root = work / "ds"

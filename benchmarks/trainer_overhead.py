@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from datapipe.scenes import CorpusConfig, make_corpus
-from datapipe.scenes.dataset import ingest_corpus
+from scenes import CorpusConfig, make_corpus
+from scenes.dataset import ingest_corpus
 from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec
 from trainer.config import load_config
 from trainer.data import ShardLoader

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from datapipe.contract import shard_id
-from datapipe.contract.config import load_yaml_config
+from common.config import load_yaml_config
+from common.ray_runtime import RayConfig
 
 BACKENDS = ("vllm", "openai", "alt", "reference")
 
@@ -38,7 +40,7 @@ class ImageConfig:
 class EngineConfig:
     """The vLLM offline engine, one per Ray Data actor (one actor per GPU in production)."""
 
-    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int = 4096
     max_num_seqs: int = 64
     gpu_memory_utilization: float = 0.9
@@ -69,7 +71,7 @@ class ServerConfig:
     retries: int = 4  # per request, on connection errors, timeouts, 429, 5xx and malformed answers
     backoff_s: float = 1.0  # first retry waits ~this (x2 each time, with full jitter)
     max_backoff_s: float = 30.0
-    image_format: str = "jpeg"  # how images travel in the data URL: jpeg | png
+    image_format: Literal["jpeg", "png"] = "jpeg"  # how images travel in the data URL
     max_response_bytes: int = 8 << 20  # a larger answer body is a failed attempt (oversize_body)
     require_usage: bool = True  # an answer without integer usage token counts is a failed attempt
     # the server is declared unavailable (the run stops, exit 1) only after this many connection
@@ -78,14 +80,14 @@ class ServerConfig:
     # How guided decoding is asked for: "vllm" (vLLM's structured_outputs: the JSON schema's grammar,
     # or a level's word-range regex), "response_format" (OpenAI json_schema, joint only), "none".
     # Start a vLLM server with --structured-outputs-config '{"disable_any_whitespace": true}'.
-    guided_via: str = "vllm"
+    guided_via: Literal["vllm", "response_format", "none"] = "vllm"
 
 
 @dataclass
 class SelectConfig:
     """A regeneration run's selection over its parent's resolved captions (all given parts must hold)."""
 
-    shards: list[str] | None = None  # only these image shards
+    shards: list[int | str] | None = None  # only these image shards
     where: str | None = None  # a SQL (duckdb) condition over the parent's rows, see captioner/select.py
     prompt_id: str | None = None  # rows written with this (older) prompt set id or id@hash
     qa_below: float | None = None  # rows whose caption-QA accuracy (any level) is below this
@@ -107,23 +109,22 @@ class FollowConfig:
 class CaptionConfig:
     root: str = ""  # the dataset root
     version: str = ""  # the caption version to write (captions/<version>/)
-    backend: str = "vllm"  # vllm | openai | alt | reference
+    backend: Literal["vllm", "openai", "alt", "reference"] = "vllm"
     model: str = ""  # local folder of the VLM (vllm) or the served model name (openai)
     prompt_set: str = "six-levels-v1"  # a bundled set name or a YAML file
-    strategy: str = "joint"  # joint (one request per image, all levels as JSON) | per_level
+    strategy: Literal["joint", "per_level"] = "joint"  # joint: one request per image, all levels as JSON
     max_attempts: int = 3  # per image: an invalid answer is asked again up to this many times in all
     parent: str | None = None  # regeneration: the version this one overlays
     select: SelectConfig = field(default_factory=SelectConfig)
     corpus: str | None = None  # reference backend: the scenes corpus whose ground truth is the caption
-    shards: list[str] | None = None  # caption only these image shards (default: all committed)
+    shards: list[int | str] | None = None  # caption only these image shards (default: all committed)
     progress: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
-    ray_address: str | None = None  # null: join the cluster of a submitted job, else start a local one
-    ray_num_cpus: int | None = None
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
         # YAML reads `shards=[000003]` as the number 3: shard ids are zero-padded strings

@@ -38,7 +38,7 @@ from datapipe.contract import (
     utc_now,
 )
 from datapipe.contract.captions import version_dir
-from datapipe.contract.runtime import init_ray
+from common.ray_runtime import init_ray
 
 from .config import CaptionConfig
 from .prompts import PromptSet, load_prompt_set
@@ -196,7 +196,7 @@ def _run_ray_vllm(cfg: CaptionConfig, dataset: Dataset, pending: dict, commit) -
         del expected[sid]
     if not expected:
         return
-    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
     e = cfg.engine
     ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar counts committed rows
     ds = ray.data.from_items([{"shard": sid} for sid in expected], override_num_blocks=len(expected))

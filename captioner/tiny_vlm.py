@@ -4,7 +4,7 @@ No pretrained VLM can be had on this machine, so everything that serves a VLM (t
 engine, the vLLM OpenAI server) is exercised with this model of the real class, saved with
 save_pretrained exactly as a downloaded checkpoint would be. Its words are noise; the captioner
 must still return valid six-level JSON from it (guided decoding), which is the point of testing
-with it. The sizes dodge vLLM-on-CPU limits (ENVIRONMENT.md): attention head_dim 64, and every
+with it. The sizes dodge vLLM-on-CPU limits (docs/environment.md): attention head_dim 64, and every
 special-token id inside the tiny vocabulary.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from model.tiny import SPECIAL_TOKENS, build_bpe_tokenizer
+from common.tiny_tokenizer import SPECIAL_TOKENS, build_bpe_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 

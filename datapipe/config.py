@@ -14,8 +14,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from datapipe.contract.config import load_yaml_config
+from common.config import load_yaml_config
+from common.ray_runtime import RayConfig
 
 from .urlpolicy import UrlPolicyConfig
 
@@ -23,7 +25,7 @@ from .urlpolicy import UrlPolicyConfig
 @dataclass
 class InputConfig:
     paths: list[str] = field(default_factory=list)  # files, folders or globs; local or fsspec URIs
-    format: str = "auto"  # auto (from the extension) | parquet | csv | tsv | jsonl (each may end in .gz)
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"  # auto: from the extension (each may end in .gz)
     url_column: str = "URL"
     caption_column: str | None = "TEXT"  # the source alt text; null when the list has none
     # Input columns copied into the sample sidecar. "all" = every other column; names that clash
@@ -45,9 +47,9 @@ class DownloadConfig:
     # "keep": original bytes up to decode.max_side (resized by our decode stage, which decodes
     # anyway). Any img2dataset mode (keep_ratio, keep_ratio_largest, center_crop, border) makes
     # img2dataset resize to `image_size` and encode as `encode_format`.
-    resize_mode: str = "keep"
+    resize_mode: Literal["keep", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "keep"
     image_size: int = 512
-    encode_format: str = "jpg"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int | None = None  # null: 95 for jpg/webp, compression level 3 for png
     task_cpus: float = 1.0  # Ray CPUs per shard task (download, then decode, in the same task)
     # which URLs may be requested: http(s) only, public addresses only unless allow-listed
@@ -90,7 +92,7 @@ class ClipConfig:
     weights: str | None = None  # local checkpoint file; nothing is downloaded
     allow_random_init: bool = False  # tests only: random weights when `weights` is null
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 on a GPU
     batch_size: int = 32
     concurrency: int = 1  # embedding actors (one per GPU in production)
     num_cpus: float = 0.5  # per actor; fractional on small machines or Ray's read/write tasks starve
@@ -121,12 +123,6 @@ class DedupConfig:
     phash_flips: int = 1
     clip_nlist: int = 1024  # CLIP index cells (trained once, on the first shard with embeddings)
     clip_nprobe: int = 16  # cells probed per query
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None  # null: join the cluster of a submitted job, else start a local one
-    num_cpus: int | None = None  # for a local instance; null = all cores
 
 
 @dataclass

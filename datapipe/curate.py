@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datapipe.contract import Manifest, ShardEntry, Storage, commit_shards, utc_now
-from datapipe.contract.runtime import init_ray as join_or_start_ray
+from common.ray_runtime import init_ray as join_or_start_ray
 from datapipe.contract.shards import read_rejects
 
 from .config import CurateConfig

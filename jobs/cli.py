@@ -11,14 +11,17 @@ import argparse
 import logging
 import sys
 
-from jobs import compat
+from common import compat
 
 compat.install()  # also done by the venv's .pth file; harmless twice, needed if run elsewhere
 
-from jobs.commands import CommandError, caption, curate, dataset, demo, model, scenes, stats, train  # noqa: E402
+from jobs import caption, curate, stats  # noqa: E402
+from jobs.commands import dashboard, dataset, demo, model, quality, scenes, train  # noqa: E402
 from jobs.commands import eval as eval_  # noqa: E402
+from jobs.errors import CommandError  # noqa: E402
+from jobs.grammar import normalize  # noqa: E402
 
-GROUPS = [demo, scenes, curate, caption, stats, dataset, model, train, eval_]
+GROUPS = [demo, scenes, curate, caption, quality, stats, dashboard, dataset, model, train, eval_]
 
 DESCRIPTION = """\
 deepfusion turns image URL lists into a trained deep-fusion text-to-image model:
@@ -30,7 +33,7 @@ deepfusion turns image URL lists into a trained deep-fusion text-to-image model:
 Every stage reads and writes the same on-disk dataset contract, so each can run (and resume)
 on its own. Start with the synthetic scenes corpus, which comes with its own faulty web server:
 
-  deepfusion scenes make --n 200 --faults 0.1 --out /tmp/scenes
+  deepfusion scenes make /tmp/scenes n=200 faults=0.1
   deepfusion scenes serve /tmp/scenes &
   deepfusion dataset verify /path/to/dataset
 """
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

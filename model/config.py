@@ -5,6 +5,7 @@ into the weights folder, so a checkpoint always carries the exact architecture i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
 
 CONDITIONING = ("deep_fusion", "last_layer", "refiner")
 
@@ -24,7 +25,7 @@ class DiTConfig:
     # deep_fusion: block i reads LLM layer map(i) by joint attention (Playground v3)
     # last_layer: the same DiT, every block reads the final LLM layer (ablation)
     # refiner:    LI-DiT: a bidirectional token refiner over one LLM layer, read by cross-attention
-    conditioning: str = "deep_fusion"
+    conditioning: Literal["deep_fusion", "last_layer", "refiner"] = "deep_fusion"
     qk_norm: bool = True
     long_skip: bool = False  # U-Net-style skips from block i to block depth-1-i (Playground v3 option)
     kv_downsample_middle: bool = False  # 2x2-pooled image keys/values in the middle third of blocks
@@ -80,14 +81,14 @@ class TextEncoderConfig:
     # otherwise a local folder with config.json (e.g. a Llama-3-8B), or a local .gguf file.
     source: str = "smollm2"
     max_tokens: int = 64
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: Literal["float32", "bfloat16"] = "float32"
     instruction: str = ""  # LI-DiT-style prefix; its tokens are not part of the conditioning
 
 
 @dataclass
 class CodecConfig:
     # "pixels": lossless space-to-depth codec (small runs and tests); "vae": diffusers AutoencoderKL
-    kind: str = "pixels"
+    kind: Literal["pixels", "vae"] = "pixels"
     factor: int = 4  # space-to-depth factor of the pixel codec (a VAE brings its own)
     path: str = ""  # local AutoencoderKL folder for kind="vae"
     scale: float = 2.0  # latents = (z - shift) * scale, chosen so latents have ~unit variance

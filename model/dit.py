@@ -1,8 +1,10 @@
 """The deep-fusion diffusion transformer (Playground v3), with LI-DiT's refiner as an alternative.
 
 Latent patches are the only tokens the DiT updates. In deep-fusion mode, block i attends jointly
-over its own image keys/values and keys/values projected from LLM layer map(i): the text side is
-read at every depth of the LLM, not only at its last layer. Timestep enters by adaLN-Zero, and
+over its own image keys/values and keys/values projected from LLM layer map(i) (`layer_map`: one
+block per layer when the depths match, an even spread from the first to the last layer
+otherwise; `deepfusion model info` prints it): the text side is read at many depths of the LLM,
+not only at its last layer. Timestep enters by adaLN-Zero, and
 positions are 2D rotary embeddings of integer grid coordinates, so any aspect ratio or size just
 extends the grid. The `conditioning` switch keeps the same DiT for the ablations: every block
 fed the final LLM layer, or LI-DiT's refined tokens read by cross-attention.

@@ -139,6 +139,23 @@ def dit_forward_flops(cfg: DiTConfig, latent_hw: tuple[int, int], text_tokens: i
     return 2 * macs
 
 
+def layers_read(dit: DiTConfig) -> str:
+    """Which LLM hidden state each DiT block reads (0 = embeddings, L = the last layer), from the
+    model's own layer_map: the words every doc about a configuration should be generated from."""
+    from .dit import layer_map
+
+    llm = dit.llm_layers[0]
+    if dit.conditioning == "refiner":
+        picked = [dit.refiner_layer % (n + 1) for n in dit.llm_layers]
+        return (f"LI-DiT refiner over hidden state(s) {picked} of {dit.llm_layers} layer(s); every block "
+                "cross-attends to the refined tokens")
+    layers = layer_map(dit.depth, llm, dit.conditioning)
+    distinct = sorted(set(layers))
+    how = ("one-to-one" if layers == list(range(1, llm + 1)) else
+           "the last layer only" if distinct == [llm] else f"{len(distinct)} of {llm} layers")
+    return f"{how}: block i reads hidden state " + ", ".join(f"{i}->{j}" for i, j in enumerate(layers))
+
+
 def describe(preset: ModelPreset) -> dict:
     h, w = preset.resolution
     latent = (h // preset.latent_factor, w // preset.latent_factor)
@@ -154,6 +171,7 @@ def describe(preset: ModelPreset) -> dict:
         "text_encoder": preset.text.source,
         "llm_params": preset.llm_params,
         "text_tokens": preset.text_tokens,
+        "layers_read": layers_read(dit),
         "dit_forward_gflops_per_sample": round(flops / 1e9, 3),
         "dit_train_gflops_per_sample": round(3 * flops / 1e9, 3),
         "llm_forward_gflops_per_sample": round(2 * preset.llm_params * preset.text_tokens / 1e9, 3),

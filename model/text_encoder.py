@@ -59,7 +59,7 @@ def embedded_smollm2_gguf() -> Path:
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
-    from jobs.compat import cache_dir
+    from common.paths import cache_dir
 
     stat = gguf.stat()
     tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
@@ -123,7 +123,7 @@ class StateCache:
     def stats(self) -> dict:
         seen = self.hits + self.misses
         return {"text_cache_hit_rate": self.hits / seen if seen else 0.0, "text_cache_entries": len(self.entries),
-                "text_cache_mb": self.bytes / 2**20}
+                "text_cache_used_mb": self.bytes / 2**20}
 
 
 class FrozenTextEncoder(nn.Module):

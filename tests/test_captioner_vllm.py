@@ -19,11 +19,11 @@ from conftest import ROOT, free_port, scenes_dataset
 
 from captioner.config import load_caption_config
 from captioner.run import caption
-from captioner.server_process import VllmServer
+from vllm_server import VllmServer
 from datapipe.contract import LEVEL_COLUMNS, CaptionSet, CaptionVersion, Dataset, Storage
 
 ENGINE = ["engine.enforce_eager=true", "engine.enable_chunked_prefill=false", "engine.num_gpus=0", "engine.num_cpus=0.5", "engine.kv_cache_gib=1",
-          "engine.batch_size=8", "engine.max_num_seqs=8", "sampling.max_tokens=1500", "ray_num_cpus=2", "progress=false"]
+          "engine.batch_size=8", "engine.max_num_seqs=8", "sampling.max_tokens=1500", "ray.num_cpus=2", "progress=false"]
 
 
 def _add_shard_with_a_refused_image(root) -> None:

@@ -9,7 +9,7 @@ import time
 import requests
 
 from conftest import deepfusion_cmd, free_port
-from test_contract import write_shard
+from helpers import write_shard
 
 from datapipe.contract import Storage
 
@@ -61,7 +61,7 @@ def test_unknown_command_is_a_usage_error():
 
 def test_scenes_make_and_serve_as_processes(tmp_path):
     port = free_port()
-    made = run("scenes", "make", "--n", "12", "--faults", "0.5", "--out", str(tmp_path / "c"), "--base-url", f"http://127.0.0.1:{port}")
+    made = run("scenes", "make", str(tmp_path / "c"), "n=12", "faults=0.5", f"base_url=http://127.0.0.1:{port}")
     assert made.returncode == 0, made.stderr
     assert "urls.parquet" in made.stdout
     server = subprocess.Popen(deepfusion_cmd() + ["scenes", "serve", str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -108,10 +108,47 @@ def test_model_info_reports_a_preset_and_rejects_unknown_ones():
 
 
 def test_a_folder_named_like_a_bundled_config_does_not_hide_it(tmp_path, monkeypatch):
-    from jobs.commands import CONFIGS, config_path
+    from jobs.profiles import CONFIGS, config_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()  # what `make demo` leaves in the repository root
     assert config_path("train", "demo") == str(CONFIGS / "train" / "demo.yaml")
     (tmp_path / "mine.yaml").write_text("steps: 1\n")
     assert config_path("train", "mine.yaml") == "mine.yaml"
+
+
+def test_bad_settings_are_one_line_naming_the_key_before_anything_runs(tmp_path):
+    """Typed settings all the way down: a typo under model.text_encoder, a value outside an
+    enum-like field, a wrong type: one line on stderr naming the key (and the allowed values),
+    exit 1, no traceback, nothing started."""
+    cases = [
+        (["train", "--config", "tiny", "model.text_encoder.sorce=x"], "model.text_encoder.sorce"),
+        (["train", "--config", "tiny", "optim.schedule=linear"], "optim.schedule: 'linear' is not one of constant, cosine"),
+        (["train", "--config", "tiny", "model.dit.width=wide"], "model.dit.width"),
+        (["curate", "download.resize_mode=stretch", f"output={tmp_path / 'x'}"], "download.resize_mode"),
+        (["caption", "backend=magic", f"root={tmp_path}", "version=v"], "backend: 'magic' is not one of"),
+        (["sample", str(tmp_path), "steps=many"], "steps: 'many' is not an integer"),
+        (["scenes", "make", str(tmp_path / "c"), "n=5", "colour=red"], "unknown key(s) colour"),
+    ]
+    for argv, message in cases:
+        out = run(*argv)
+        assert out.returncode == 1, (argv, out.stdout, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (argv, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, (argv, out.stderr)
+
+
+def test_one_grammar_every_setting_as_key_value_and_help_lists_the_keys(tmp_path):
+    from jobs.grammar import normalize
+
+    # --key value is the same as key=value; the shared flags stay flags, wherever they are
+    assert normalize(["sample", "run", "--steps", "4", "--config", "x", "out=o"]) == ["sample", "run", "steps=4",
+                                                                                      "out=o", "--config", "x"]
+    assert normalize(["eval", "scenes", "--reference-only", "per_category=3"]) == [
+        "eval", "scenes", "reference_only=true", "per_category=3"]
+    made = run("scenes", "make", str(tmp_path / "c"), "--n", "6", "sizes=[64x64]")
+    assert made.returncode == 0, made.stderr
+    for argv, key in ((["train", "--help"], "model.dit.width"), (["curate", "--help"], "download.url_policy.allow"),
+                      (["sample", "--help"], "guidance"), (["scenes", "make", "--help"], "max_groups"),
+                      (["demo", "--help"], "train_steps"), (["eval", "scenes", "--help"], "per_category")):
+        out = run(*argv)
+        assert out.returncode == 0 and key in out.stdout, (argv, out.stdout[-1500:])

@@ -8,6 +8,8 @@ import json
 import pytest
 from PIL import Image
 
+from helpers import png_bytes, row, write_shard
+
 from datapipe.contract import (
     MANIFEST,
     ContractError,
@@ -20,29 +22,6 @@ from datapipe.contract import (
     shard_id,
     verify_dataset,
 )
-
-
-def png_bytes(color=(255, 0, 0), size=(8, 6)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def row(i: int, **extra) -> dict:
-    return {
-        "url": f"http://x/{i}.png", "caption": f"alt {i}", "width": 8, "height": 6,
-        "original_width": 16, "original_height": 12, **extra,
-    }
-
-
-def write_shard(storage: Storage, number: int, n_samples: int, n_rejects: int = 0) -> None:
-    sid = shard_id(number)
-    with ShardWriter(storage, sid, inputs=n_samples + n_rejects) as w:
-        for i in range(n_samples):
-            w.add(f"{sid}{i:06d}", png_bytes((i * 10 % 255, 0, 0)), "png", row(i, clip_score=0.5, source="laion"))
-        for j in range(n_samples, n_samples + n_rejects):
-            w.reject(f"{sid}{j:06d}", f"http://x/{j}", "download", "http_404", "Not Found")
-    commit_shards(storage, [w.entry], lineage={"job": "test"})
 
 
 def test_shard_round_trip(tmp_path):

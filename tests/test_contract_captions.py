@@ -18,7 +18,7 @@ from datapipe.contract import (
     Storage,
     verify_dataset,
 )
-from test_contract import write_shard
+from helpers import write_shard
 
 
 def caption_rows(keys, tag, status="ok"):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import ROOT, deepfusion_cmd, free_port
 from datapipe.contract import Dataset, verify_dataset
-from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+from scenes import CorpusConfig, ScenesServer, make_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -196,7 +196,7 @@ def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_clip_filters_and_dedup_across_shards_with_an_img2dataset_resize_mode(tmp_path):
-    from test_datapipe_stages import tiny_clip_files
+    from helpers import tiny_clip_files
 
     models = tiny_clip_files(tmp_path)
     corpus, server = served_corpus(tmp_path / "corpus", n=90, seed=3, duplicates=0.3, near_duplicates=0.15,
@@ -266,7 +266,7 @@ def test_ray_job_submit_to_a_loopback_cluster(tmp_path):
                 break
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
-        assert "joined the running Ray cluster" in submit.stdout + submit.stderr
+        assert "joined the Ray cluster at" in submit.stdout + submit.stderr
         assert "succeeded" in submit.stdout
         check_against_truth(root, corpus, 20)
     finally:
@@ -350,7 +350,7 @@ def test_poison_rows_that_kill_their_worker_are_found_and_rejected(tmp_path):
     assert len(samples) + len(rejects) == 30
     keys = {f"{i // 10:06d}{i % 10:06d}" for i in poison_at}
     crashed = {k for k, r in rejects.items() if r["reason"] == "worker_crash"}
-    assert crashed == keys, (crashed, keys)
+    assert crashed == keys, (crashed, {k: rejects.get(k, samples.get(k)) for k in keys})
     assert all(rejects[k]["stage"] == "decode" and "died" in rejects[k]["detail"] for k in keys)
     truth = expected_outcomes(corpus, 10)
     for key, t in truth.items():
@@ -404,7 +404,7 @@ def test_two_node_loopback_cluster_places_tasks_on_both_and_matches_an_embedded_
     prefix = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--net", "--map-root-user"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([*prefix, sys.executable, str(ROOT / "tests" / "two_node_cluster.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200, cwd=ROOT, env=env)
+                          capture_output=True, text=True, timeout=840, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert len(result["nodes"]) == 2, result["nodes"]

@@ -14,7 +14,7 @@ from datapipe.contract import Storage
 from jobs.dashboard import DashboardServer, export_html
 from jobs.dashboard.page import json_for_script, plotly_js
 from jobs.statistics import load_stats_config, run_stats
-from jobs.statistics.synthetic import PAYLOADS, make_dataset, write_shard
+from scenes.stats_dataset import PAYLOADS, make_dataset, write_shard
 
 CHROMIUM = os.environ.get("DEEPFUSION_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -15,16 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import tiny_clip_files
+
 from datapipe.config import ClipConfig, CurateConfig, DecodeConfig, DedupConfig, DownloadConfig, HeadConfig, InputConfig
 from datapipe.download import LIMITS, MemorySampleWriter, classify_error, download_image, download_rows, install_download_patch
 from datapipe.filters.decode import DecodeStage
 from datapipe.inputs import iter_shards
 from datapipe.rows import ROW_SCHEMA, to_table
 from datapipe.urlpolicy import UrlPolicyConfig
-from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
-from datapipe.scenes import variants
-from datapipe.scenes.graph import generate_scene
-from datapipe.scenes.render import render
+from scenes import CorpusConfig, ScenesServer, make_corpus
+from scenes import variants
+from scenes.graph import generate_scene
+from scenes.render import render
 
 ROWS = [{"URL": f"http://h/{i}.png", "TEXT": f"caption {i}", "WIDTH": 64 + i, "HEIGHT": 64, "key": f"k{i}"}
         for i in range(23)]
@@ -246,20 +248,6 @@ def test_config_refuses_contradictions():
         CurateConfig(dedup=DedupConfig(clip_cosine=0.9))
     with pytest.raises(ValueError, match="clip.aesthetic.weights"):
         CurateConfig(clip=ClipConfig(aesthetic=HeadConfig(weights="x.safetensors")))
-
-
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
-             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-
-
-def tiny_clip_files(folder):
-    """A tiny open_clip architecture (random init) and three random score heads, as local files."""
-    from datapipe.filters.heads import random_head, save_head
-
-    (folder / "tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    for i, name in enumerate(("aesthetic", "nsfw", "watermark")):
-        save_head(folder / f"{name}.safetensors", random_head(32, seed=i, output_activation="none" if i == 0 else "sigmoid"))
-    return folder
 
 
 def test_clip_stage_scores_and_thresholds(tmp_path, scene_image):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datapipe.scenes.render import render
+from scenes.render import render
 from conftest import ROOT, deepfusion_cmd
-from trainer.eval_scenes import CATEGORIES, calibrate, check, facts_from_image, facts_from_scene, make_specs
-from trainer.eval_scenes.run import chance, ground_truth, summarise, wilson
+from scenes.analyse import calibrate, check, facts_from_image, facts_from_scene
+from scenes.eval_prompts import CATEGORIES, make_specs
+from jobs.eval_scenes import chance, ground_truth, summarise, wilson
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (48, 32)])

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import ROOT, deepfusion_cmd, free_port
 from datapipe.contract import Dataset, verify_dataset
-from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+from scenes import CorpusConfig, ScenesServer, make_corpus
 from hostile_files import MARKER, mutate, odd_files, valid_files
 from servers import Redirector, Trap
 

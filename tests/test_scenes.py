@@ -12,7 +12,7 @@ import requests
 from PIL import Image, ImageOps
 
 from datapipe.contract import LEVEL_WORD_BUDGETS
-from datapipe.scenes import FAULTS, CorpusConfig, ScenesServer, generate_scene, make_corpus, reference_captions, render
+from scenes import FAULTS, CorpusConfig, ScenesServer, generate_scene, make_corpus, reference_captions, render
 
 
 def test_scene_generation_is_deterministic():

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from datapipe.contract import CaptionSet, Storage
 from jobs.statistics import load_stats_config, run_stats
 from jobs.statistics.aggregate import GALLERY, SUMMARY
-from jobs.statistics.synthetic import make_dataset, write_captions, write_shard
+from scenes.stats_dataset import make_dataset, write_captions, write_shard
 from conftest import ROOT, deepfusion_cmd
 
 

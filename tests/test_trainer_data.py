@@ -13,7 +13,7 @@ import torch
 from conftest import scenes_dataset
 
 from datapipe.contract import CaptionVersion, CaptionWriter, Dataset, Storage, caption_table
-from datapipe.scenes.analyze import dominant_color
+from scenes.analyse import dominant_color
 from trainer.buckets import make_buckets, nearest_bucket
 from trainer.config import DataConfig
 from trainer.data import LoaderPosition, ShardLoader

@@ -30,7 +30,7 @@ FAST = ["download.timeout_s=2", "download.deadline_s=3", "download.retries=0", "
 def main(work: Path) -> int:
     from conftest import free_port
 
-    from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+    from scenes import CorpusConfig, ScenesServer, make_corpus
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     port = free_port()
@@ -80,7 +80,7 @@ def main(work: Path) -> int:
                 [ray_bin, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                  sys.executable, "-m", "jobs.curate", "--config", "embedded", f"output={work / 'cluster'}", *args,
                  "--summary-json", str(work / "cluster.json")],
-                env=env, capture_output=True, text=True, timeout=900)
+                env=env, capture_output=True, text=True, timeout=420)
             if "No available agent to submit job" not in submit.stderr + submit.stdout or time.time() > deadline:
                 break
             time.sleep(2)
@@ -95,7 +95,7 @@ def main(work: Path) -> int:
                     os.killpg(p.pid, signal.SIGKILL)
     try:
         embedded = subprocess.run([sys.executable, "-m", "jobs.curate", "--config", "embedded",
-                                   f"output={work / 'embedded'}", *args], capture_output=True, text=True, timeout=900,
+                                   f"output={work / 'embedded'}", *args], capture_output=True, text=True, timeout=300,
                                   cwd=ROOT, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
         assert embedded.returncode == 0, embedded.stdout[-3000:] + embedded.stderr[-3000:]
     finally:

@@ -14,9 +14,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from datapipe.contract.config import load_yaml_config
+from common.config import load_yaml_config, overrides_of
+from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
 from .guard import SpikeGuardConfig
 
@@ -45,13 +46,22 @@ class DataConfig:
     log_keys: bool = False  # write the keys each rank trains on to run_dir/keys/ (audits, tests)
 
 
+# the typed form of "these settings of the preset, changed" (every key optional)
+DiTConfigOverrides = overrides_of(DiTConfig)
+TextEncoderConfigOverrides = overrides_of(TextEncoderConfig)
+CodecConfigOverrides = overrides_of(CodecConfig)
+EDMConfigOverrides = overrides_of(EDMConfig)
+
+
 @dataclass
 class ModelSection:
-    preset: str = "small"
-    dit: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's DiTConfig
-    text_encoder: dict[str, Any] = field(default_factory=dict)  # overrides of its TextEncoderConfig
-    codec: dict[str, Any] = field(default_factory=dict)  # overrides of its CodecConfig
-    edm: dict[str, Any] = field(default_factory=dict)  # EDMConfig fields
+    """The model: a preset (model/presets.py) and the settings of it that change."""
+
+    preset: Literal["tiny", "small", "base", "pgv3"] = "small"
+    dit: DiTConfigOverrides = field(default_factory=DiTConfigOverrides)  # e.g. dit.width=192 (model/config.py DiTConfig)
+    text_encoder: TextEncoderConfigOverrides = field(default_factory=TextEncoderConfigOverrides)  # TextEncoderConfig keys
+    codec: CodecConfigOverrides = field(default_factory=CodecConfigOverrides)  # CodecConfig keys
+    edm: EDMConfigOverrides = field(default_factory=EDMConfigOverrides)  # EDMConfig keys
 
 
 @dataclass
@@ -61,14 +71,14 @@ class OptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     warmup_steps: int = 100
-    schedule: str = "constant"  # constant | cosine (after warm-up)
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
     grad_clip: float = 1.0  # global norm; 0 = off (applied by the spike guard's optimizer)
 
 
 @dataclass
 class DeepSpeedSection:
-    zero_stage: int = 0
+    zero_stage: Literal[0, 1, 2, 3] = 0
     bf16: bool = False
     activation_checkpointing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed config

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from common.config import set_fields
 from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, get_preset
 from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
@@ -76,10 +77,11 @@ def from_rank0(fn):
 
 def model_configs(cfg: TrainConfig) -> tuple[DiTConfig, TextEncoderConfig, CodecConfig, EDMConfig]:
     preset = get_preset(cfg.model.preset)
-    text = TextEncoderConfig(**{**asdict(preset.text), **cfg.model.text_encoder})
-    codec = CodecConfig(**{**asdict(preset.codec), **cfg.model.codec})
-    dit = {**preset.dit.to_dict(), **cfg.model.dit}
-    return DiTConfig.from_dict(dit), text, codec, EDMConfig(**cfg.model.edm)
+    m = cfg.model
+    text = TextEncoderConfig(**{**asdict(preset.text), **set_fields(m.text_encoder)})
+    codec = CodecConfig(**{**asdict(preset.codec), **set_fields(m.codec)})
+    dit = {**preset.dit.to_dict(), **set_fields(m.dit)}
+    return DiTConfig.from_dict(dit), text, codec, EDMConfig(**set_fields(m.edm))
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jobs import compat
+    from common import compat
 
     compat.install()
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""The on-disk data contract shared by every stage (DESIGN.md, "The data contract").
+"""The on-disk data contract shared by every stage (docs/design.md, "The data contract").
 
 Writers: ShardWriter + commit_shards (image shards), CaptionWriter (caption versions).
 Readers: Dataset (committed shards, samples, sidecars, rejects), CaptionSet (resolved captions).

@@ -1,4 +1,4 @@
-"""The fixed shapes of the dataset contract (DESIGN.md): version, names, columns, caption levels.
+"""The fixed shapes of the dataset contract (docs/design.md): version, names, columns, caption levels.
 
 Every stage reads and writes through this module, so a column added here is added everywhere.
 Bump SCHEMA_VERSION when a change would make an old reader misread new data; readers refuse

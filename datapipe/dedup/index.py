@@ -122,15 +122,18 @@ class PartitionIndex:
         return self._collect(lims, -sims.astype(np.float64), ids, self.clip_orders, before, len(emb))
 
     def _collect(self, lims, scores, ids, orders, before, n):
+        found = orders[ids] if len(ids) else np.zeros(0, np.int64)
+        keep = found < before
+        if self.tombstones:
+            keep &= ~np.isin(found, np.fromiter(self.tombstones, np.int64))
         out = []
         for q in range(n):
             lo, hi = int(lims[q]), int(lims[q + 1])
-            found = []
-            for s, i in zip(scores[lo:hi].tolist(), ids[lo:hi].tolist()):
-                o = int(orders[i])
-                if o < before and o not in self.tombstones:
-                    found.append((s, o))
-            out.append(found)
+            if lo == hi:
+                out.append([])
+                continue
+            sel = keep[lo:hi]
+            out.append(list(zip(scores[lo:hi][sel].tolist(), found[lo:hi][sel].tolist())))
         return out
 
     @property

@@ -51,7 +51,7 @@ def register(sub, formatter) -> None:
     group = sub.add_parser(
         "dataset",
         help="check and summarise a dataset root (local path or fsspec URI)",
-        description="A dataset root holds manifest.json, shards/, rejects/ and captions/ (DESIGN.md).",
+        description="A dataset root holds manifest.json, shards/, rejects/ and captions/ (the README's Layout section).",
         formatter_class=formatter,
     )
     gsub = group.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)

@@ -8,12 +8,15 @@ prompts, statistics and the dashboard. Each stage resumes: a second run reuses w
 from __future__ import annotations
 
 import argparse
+import json
 import socket
+from dataclasses import dataclass, field
 import subprocess
 import sys
 from pathlib import Path
 
-from jobs.commands import CommandError
+from jobs.errors import CommandError
+from jobs.grammar import epilog, settings
 
 STEPS = 8
 # The corpus server is on loopback: its hung and dripping URLs need not be waited on for long.
@@ -30,11 +33,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class DemoSettings:
+    workdir: str = "demo"  # where every artifact goes
+    n: int = 200  # URL rows in the synthetic corpus
+    seed: int = 0  # corpus seed
+    vlm: str | None = None  # a local VLM folder (e.g. Qwen2-VL-2B-Instruct) instead of the tiny random one
+    caption_config: str = "embedded"  # caption profile (embedded, production) or a YAML file
+    train_steps: int = 300  # training steps
+    train_config: str = "demo"  # a train profile (demo, small, ...) or a YAML file
+    train: dict = field(default_factory=dict)  # any training setting, e.g. train.model.dit.depth=12
+    eval_prompts: int = 20  # held-out prompts per benchmark category
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v) if not isinstance(v, str) else v}")
+    return out
+
+
 def _demo(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import requests
 
-    from datapipe.scenes import CorpusConfig, ScenesServer, make_corpus
+    from scenes import CorpusConfig, ScenesServer, make_corpus
+
+    args = settings(DemoSettings, args.overrides)
 
     work = Path(args.workdir).resolve()
     corpus = work / "corpus"
@@ -51,7 +79,7 @@ def _demo(args: argparse.Namespace) -> int:
         from datapipe.config import load_curate_config
         from datapipe.contract import verify_dataset
         from datapipe.curate import curate, format_summary
-        from jobs.commands import config_path
+        from jobs.profiles import config_path
 
         cfg = load_curate_config(config_path("curate", "embedded"), [f"input.paths=[{corpus / 'urls.parquet'}]",
                                                            f"output={dataset}", *CURATE_OVERRIDES,
@@ -77,11 +105,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _caption(work: Path, corpus: Path, dataset: Path, args: argparse.Namespace) -> None:
     from captioner.config import load_caption_config
-    from captioner.qa import caption_qa, format_qa
+    from jobs.caption_qa import caption_qa, format_qa
     from captioner.run import caption, format_summary
     from captioner.stats import caption_stats, format_stats
     from captioner.tiny_vlm import build_tiny_qwen2_vl
-    from jobs.commands import config_path
+    from jobs.profiles import config_path
 
     base = [f"root={dataset}", "progress=false"]
     vlm_version = "vlm" if args.vlm else "tiny-vlm"
@@ -112,15 +140,27 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _train(work: Path, dataset: Path, args: argparse.Namespace) -> Path:
+def _layers(args) -> str:
+    """Which LLM layers the trained DiT reads, from the model's own layer map."""
+    from trainer.config import load_config
+    from trainer.train import model_configs
+
+    from jobs.profiles import config_path
+    from model.presets import layers_read
+
+    cfg = load_config(config_path("train", args.train_config), _flatten(args.train))
+    return layers_read(model_configs(cfg)[0])
+
+
+def _train(work: Path, dataset: Path, args) -> Path:
     run_dir = work / "train"
-    print(f"[6/{STEPS}] training a deep-fusion DiT on the reference captions, conditioned on every layer of the "
-          f"real SmolLM2-135M ({args.train_steps} steps, config {args.train_config}; resumes if interrupted)",
+    print(f"[6/{STEPS}] training a deep-fusion DiT on the reference captions of the real SmolLM2-135M "
+          f"({_layers(args)}; {args.train_steps} steps, config {args.train_config}; resumes if interrupted)",
           flush=True)
     # A process of its own: DeepSpeed's process group and the trainer's threads stay out of this
     # one (which ran Ray and a vLLM engine); its log streams straight to the terminal.
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--config", args.train_config, f"run_dir={run_dir}",
-           f"data.root={dataset}", f"steps={args.train_steps}", *args.train_override]
+           f"data.root={dataset}", f"steps={args.train_steps}", *_flatten(args.train)]
     rc = subprocess.call(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     if rc:
         raise CommandError(f"training exited with {rc}; run the demo again to resume from its last checkpoint")
@@ -128,7 +168,7 @@ def _train(work: Path, dataset: Path, args: argparse.Namespace) -> Path:
 
 
 def _sample_and_eval(work: Path, run_dir: Path, args: argparse.Namespace) -> dict:
-    from trainer.eval_scenes.run import EvalConfig, evaluate, format_report
+    from jobs.eval_scenes import EvalConfig, evaluate, format_report
 
     print(f"[7/{STEPS}] samples for held-out prompts and the prompt-following benchmark (eval scenes)", flush=True)
     report = evaluate(str(run_dir), EvalConfig(per_category=args.eval_prompts, seeds=[0], steps=16), work / "eval")
@@ -137,7 +177,7 @@ def _sample_and_eval(work: Path, run_dir: Path, args: argparse.Namespace) -> dic
 
 
 def _stats_and_dashboard(work: Path, dataset: Path) -> Path:
-    from jobs.commands import config_path
+    from jobs.profiles import config_path
     from jobs.dashboard import export_html
     from jobs.statistics import format_summary, load_stats_config, run_stats
 
@@ -151,17 +191,9 @@ def register(sub, formatter) -> None:
         "demo",
         help="run the main job end to end on a small synthetic corpus",
         description=__doc__,
+        epilog=epilog("examples:\n  deepfusion demo\n  deepfusion demo n=5000 train_steps=3000 train_config=small\n"
+                      "  deepfusion demo train.model.dit.depth=12 train.optim.lr=1e-3", DemoSettings),
         formatter_class=formatter,
     )
-    p.add_argument("--workdir", default="demo", help="where every artifact goes")
-    p.add_argument("--n", type=int, default=200, help="URL rows in the synthetic corpus")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed")
-    p.add_argument("--vlm", metavar="DIR", help="a local VLM folder (e.g. Qwen2-VL-2B-Instruct) instead of the tiny "
-                   "random one: captions every shard with the six-levels-v1 prompt set")
-    p.add_argument("--caption-config", default="embedded", help="caption profile (embedded, production) or a YAML file")
-    p.add_argument("--train-steps", type=int, default=300, help="training steps (global batch 16)")
-    p.add_argument("--train-config", default="demo", help="a train profile (demo, small, ...) or a YAML file")
-    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra train config overrides, e.g. model.dit.depth=12 (repeatable)")
-    p.add_argument("--eval-prompts", type=int, default=20, help="held-out prompts per benchmark category")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings (listed below)")
     p.set_defaults(run=_demo)

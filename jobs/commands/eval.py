@@ -1,4 +1,4 @@
-"""`deepfusion eval scenes`: how well a checkpoint follows compositional prompts (trainer/eval_scenes)."""
+"""`deepfusion eval scenes`: how well a checkpoint follows compositional prompts (jobs/eval_scenes.py, scenes/analyse.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,21 @@ import argparse
 EPILOG = """\
 examples:
   deepfusion eval scenes runs/train-small                       # 50 prompts x 2 seeds per category
-  deepfusion eval scenes --out runs/eval runs/train-small per_category=100 "seeds=[0,1,2]"
+  deepfusion eval scenes runs/train-small out=runs/eval per_category=100 "seeds=[0,1,2]"
   deepfusion eval scenes runs/train-small "categories=[colour,count]" steps=50 guidance=4.5
-  deepfusion eval scenes --reference-only --size 64x64          # the analyser's ceiling and chance only
+  deepfusion eval scenes reference_only=true size=64x64        # the analyser's ceiling and chance only
 
 Categories: colour, rgb (exact values), shape, count, position (left/right/above/below) and
 binding (which colour goes with which shape). Each image is scored by a deterministic pixel
 analyser calibrated on ground-truth renders at the checkpoint's resolution; every report also
 shows the analyser on ground-truth renders (the ceiling) and chance (prompts judged against the
-other prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml.
-"""
+other prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
 
 
 def _scenes(args: argparse.Namespace) -> int:
-    from jobs.commands import config_path
-    from trainer.eval_scenes.run import chance, evaluate, format_report, ground_truth, load_eval_config
-    from trainer.eval_scenes.specs import make_specs
+    from jobs.profiles import config_path
+    from jobs.eval_scenes import chance, evaluate, format_report, ground_truth, load_eval_config
+    from scenes.eval_prompts import make_specs
 
     # one positional list: argparse cannot tell an optional CHECKPOINT from the first KEY=VALUE
     overrides = [a for a in args.args if "=" in a]
@@ -31,32 +30,32 @@ def _scenes(args: argparse.Namespace) -> int:
         raise ValueError(f"eval scenes: one checkpoint at a time, got {checkpoints}")
     checkpoint = checkpoints[0] if checkpoints else None
     cfg = load_eval_config(config_path("eval", args.config), overrides)
-    if args.reference_only:
-        w, h = (int(v) for v in args.size.lower().split("x"))
+    if cfg.reference_only:
+        w, h = (int(v) for v in cfg.size.lower().split("x"))
         specs = make_specs(cfg.per_category, (w, h), cfg.prompt_seed, tuple(cfg.categories))
         report = {"checkpoint": "(no model: reference rows only)", "resolution": [w, h], "model": None,
                   "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs)}
         print(format_report(report))
         return 0
     if not checkpoint:
-        raise ValueError("eval scenes: give a run dir or checkpoint, or --reference-only")
-    report = evaluate(checkpoint, cfg, args.out)
+        raise ValueError("eval scenes: give a run dir or checkpoint, or reference_only=true")
+    report = evaluate(checkpoint, cfg, cfg.out)
     print(format_report(report))
-    if args.out:
+    if cfg.out:
         print(f"wrote {report['written']}, samples.png and grid_<category>.png beside it")
     return 0
 
 
 def register(sub, formatter) -> None:
+    from jobs.eval_scenes import EvalConfig
+    from jobs.grammar import epilog
+
     p = sub.add_parser("eval", help="benchmarks of a trained checkpoint", description=__doc__, formatter_class=formatter)
     inner = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     s = inner.add_parser("scenes", help="prompt following on synthetic scenes (GenEval-like), per category",
-                         description=__doc__, epilog=EPILOG, formatter_class=formatter)
+                         description=__doc__, epilog=epilog(EPILOG, EvalConfig), formatter_class=formatter)
     s.add_argument("--config", default="embedded", help="a YAML file or a bundled profile name")
-    s.add_argument("--out", help="write report.json, samples.png and per-category grids here")
-    s.add_argument("--reference-only", action="store_true", help="no model: the ground-truth and chance rows")
-    s.add_argument("--size", default="64x64", help="WxH for --reference-only")
-    s.add_argument("args", nargs="*", metavar="[CHECKPOINT] [KEY=VALUE ...]",
-                   help="a run dir (its latest checkpoint) or a checkpoints/step_* folder, then dotted "
-                   "overrides such as per_category=20 seeds=[0] (options go before these)")
+    s.add_argument("args", nargs="*", metavar="[CHECKPOINT] [key=value ...]",
+                   help="a run dir (its latest checkpoint) or a checkpoints/step_* folder, then settings "
+                   "such as per_category=20 seeds=[0]")
     s.set_defaults(run=_scenes)

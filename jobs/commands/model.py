@@ -16,10 +16,35 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from model import describe, get_preset
+def _resolve(name: str):
+    """A preset by name, or the model a training config (a bundled profile or a YAML file) builds."""
+    from dataclasses import replace
 
-    d = describe(get_preset(args.preset))
+    from model import PRESETS, get_preset
+
+    if name in PRESETS:
+        return get_preset(name)
+    from jobs.profiles import config_path, profiles
+    from trainer.config import load_config
+    from trainer.train import model_configs
+
+    try:
+        path = config_path("train", name)
+    except FileNotFoundError:
+        raise ValueError(f"unknown model preset {name!r}: not one of {', '.join(PRESETS)}, and not a training "
+                         f"config ({', '.join(profiles('train'))} or a YAML file)") from None
+    cfg = load_config(path)
+    dit, text, codec, _ = model_configs(cfg)
+    preset = get_preset(cfg.model.preset)
+    res = cfg.data.resolution
+    return replace(preset, name=f"{name} (train config on preset {preset.name})", dit=dit, text=text, codec=codec,
+                   resolution=(res, res), latent_factor=codec.factor if codec.kind == "pixels" else preset.latent_factor)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from model import describe
+
+    d = describe(_resolve(args.preset))
     if args.json:
         print(json.dumps(d, indent=1))
         return 0
@@ -48,8 +73,12 @@ def register(sub, formatter) -> None:
                         "a training config picks one with model.preset=NAME.",
                         epilog="example: deepfusion model list")
     p.set_defaults(run=_list)
-    p = gsub.add_parser("info", help="one preset in detail", formatter_class=formatter,
-                        description="Example: deepfusion model info small --json")
-    p.add_argument("preset", help="tiny | small | base | pgv3")
+    p = gsub.add_parser("info", help="one preset (or the model of a training config) in detail",
+                        formatter_class=formatter,
+                        description="Parameters, FLOPs and which LLM hidden state each DiT block reads (printed "
+                        "from the model's own layer map) for a preset, or for the model a training config "
+                        "builds (a bundled profile such as demo, or a YAML file).",
+                        epilog="examples: deepfusion model info small --json    deepfusion model info demo")
+    p.add_argument("preset", help="tiny | small | base | pgv3, or a training config (demo, small, FILE.yaml)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_info)

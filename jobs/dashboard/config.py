@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datapipe.contract.config import load_yaml_config
+from common.config import load_yaml_config
 
 
 @dataclass
@@ -13,7 +13,9 @@ class DashboardConfig:
     port: int = 8765  # 0: any free port
     refresh_s: float = 5
     stats_every: float = 10
-    stats_config: str = "embedded"
+    stats_config: str = "embedded"  # the statistics profile (or YAML file) the page re-runs
+    export: str | None = None  # write the page as one self-contained offline HTML file here, then exit
+    run_stats: bool = True  # run the statistics first (false: serve what stats/ already holds)
 
     def __post_init__(self):
         if self.refresh_s <= 0:

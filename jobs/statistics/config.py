@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datapipe.contract.config import load_yaml_config
+from common.config import load_yaml_config
 
 
 @dataclass

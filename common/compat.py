@@ -25,6 +25,8 @@ import os
 import sys
 from pathlib import Path
 
+from .paths import cache_dir
+
 _ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # nothing may download weights at run time
     "TRANSFORMERS_OFFLINE": "1",
@@ -43,18 +45,6 @@ _TORCHVISION_FALLBACK_OPS = (
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 )
 _fallback_library = None  # keeps the torch.library.Library alive for the process lifetime
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def cache_dir(create: bool = True) -> Path:
-    """Where converted weights and compiled extensions are cached (ignored by git)."""
-    path = Path(os.environ.get("DEEPFUSION_CACHE", project_root() / ".cache"))
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _define_missing_torchvision_ops() -> None:

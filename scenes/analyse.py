@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datapipe.scenes.graph import COLORS, SHAPES, SIZES, Scene
-from datapipe.scenes.render import render
+from scenes.graph import COLORS, SHAPES, SIZES, Scene
+from scenes.render import render
 
-from .specs import Spec, _obj, _place, _scene
+from .eval_prompts import Spec, _obj, _place, _scene
 
 NAMES = list(COLORS)
 CANONICAL = np.array([COLORS[n] for n in NAMES], dtype=np.float32)
@@ -148,3 +148,28 @@ def _check(spec: Spec, facts: list[Fact]) -> bool:
         dx, dy, m = a.cx - b.cx, a.cy - b.cy, RELATION_MARGIN
         return {"to the left of": dx < -m, "to the right of": dx > m, "above": dy < -m, "below": dy > m}[t["relation"]]
     raise ValueError(f"unknown category {c!r}")
+
+
+# -- named colours of whole images (tests and the trainer's learning check) -----------------
+_HIST_NAMES = list(COLORS)
+_HIST_RGB = np.array([COLORS[n] for n in _HIST_NAMES], dtype=np.float32)
+
+
+def color_histogram(image: Image.Image | np.ndarray, min_chroma: int = 60) -> dict[str, int]:
+    """Pixels per named colour, counting only chromatic pixels (max - min channel >= min_chroma)."""
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    px = arr.reshape(-1, 3)
+    px = px[(px.max(1) - px.min(1)) >= min_chroma]
+    if not len(px):
+        return {}
+    nearest = ((px[:, None, :] - _HIST_RGB[None]) ** 2).sum(-1).argmin(1)
+    counts = np.bincount(nearest, minlength=len(_HIST_NAMES))
+    return {name: int(c) for name, c in zip(_HIST_NAMES, counts) if c}
+
+
+def dominant_color(image: Image.Image | np.ndarray, min_pixels: int = 4) -> str | None:
+    """The named colour with the most chromatic pixels, or None when there are fewer than min_pixels."""
+    hist = color_histogram(image)
+    if not hist or max(hist.values()) < min_pixels:
+        return None
+    return max(hist, key=hist.get)

@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datapipe.scenes.render import render
+from common.config import load_yaml_config
+from scenes.render import render
 
-from .analyse import calibrate, check, facts_from_image, facts_from_scene
-from .specs import CATEGORIES, Spec, make_specs
+from scenes.analyse import calibrate, check, facts_from_image, facts_from_scene
+from scenes.eval_prompts import CATEGORIES, Spec, make_specs
 
 
 @dataclass
@@ -29,6 +30,9 @@ class EvalConfig:
     guidance: float = 3.0
     batch: int = 16
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    out: str | None = None  # write report.json, samples.png and per-category grids here
+    reference_only: bool = False  # no model: the analyser's ground-truth and chance rows only
+    size: str = "64x64"  # WxH of the reference rows when reference_only
 
     def __post_init__(self):
         unknown = set(self.categories) - set(CATEGORIES)
@@ -39,8 +43,6 @@ class EvalConfig:
 
 
 def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
-    from datapipe.contract.config import load_yaml_config
-
     return load_yaml_config(EvalConfig, path, overrides)
 
 

@@ -34,16 +34,22 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8765"
 @dataclass
 class CorpusConfig:
     n: int = 100  # input rows (URLs)
-    seed: int = 0
-    base_url: str = DEFAULT_BASE_URL
+    seed: int = 0  # everything is deterministic for a seed
+    base_url: str = DEFAULT_BASE_URL  # where `deepfusion scenes serve` will listen
     faults: float = 0.0  # fraction of rows that get a fault, cycling through `fault_names`
     fault_names: list[str] = field(default_factory=lambda: sorted(FAULTS))
     duplicates: float = 0.0  # fraction of rows that are byte-identical copies of an earlier ok row
     near_duplicates: float = 0.0  # fraction that are JPEG re-encodes of an earlier ok row
-    sizes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SIZES))
-    text_probability: float = 0.3
+    sizes: list[tuple[int, int] | str] = field(default_factory=lambda: list(DEFAULT_SIZES))  # [W, H] or "WxH"
+    text_probability: float = 0.3  # chance a scene contains a word
     object_sizes: list[str] = field(default_factory=lambda: ["small", "medium", "large"])  # names in graph.SIZES
     max_groups: int = 3  # 1..3 groups of same-coloured shapes per scene (1: one colour per image)
+
+    def __post_init__(self):
+        self.sizes = [tuple(int(v) for v in s.lower().split("x")) if isinstance(s, str) else tuple(s)
+                      for s in self.sizes]
+        if not 1 <= self.max_groups <= 3:
+            raise ValueError(f"max_groups must be 1, 2 or 3, got {self.max_groups}")
 
 
 def _row_kinds(cfg: CorpusConfig, rng: random.Random) -> list[tuple[str, str | None]]:

@@ -30,18 +30,18 @@ import pyarrow.parquet as pq
 
 from datapipe.contract import LEVEL_COLUMNS, Dataset, Storage, utc_now
 from datapipe.contract.shards import table_to_parquet_bytes
-from datapipe.scenes.describe import NUMBER_WORDS, ORDINALS
-from datapipe.scenes.graph import BACKGROUNDS, COLORS, SHAPES, WORDS, Scene, position_phrase
+from scenes.describe import NUMBER_WORDS, ORDINALS
+from scenes.graph import BACKGROUNDS, COLORS, SHAPES, WORDS, Scene, position_phrase
 
-from .select import QA_DIR
+from captioner.select import QA_DIR
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("color", "shape", "count", "position", "text", "background")
+CATEGORIES = ("colour", "shape", "count", "position", "text", "background")
 POSITIONS = ("top left", "top center", "top right", "left", "center", "right", "bottom left", "bottom center",
              "bottom right")
 CHOICES = {
-    "color": list(COLORS), "shape": list(SHAPES), "count": [NUMBER_WORDS[n] for n in range(1, 7)],
+    "colour": list(COLORS), "shape": list(SHAPES), "count": [NUMBER_WORDS[n] for n in range(1, 7)],
     "position": list(POSITIONS), "text": [w.lower() for w in WORDS], "background": list(BACKGROUNDS),
 }
 UNKNOWN = "unknown"
@@ -67,7 +67,7 @@ def questions(scene: Scene) -> list[Question]:
         o, n = g[0], len(g)
         noun = o.shape + ("s" if n > 1 else "")
         if len(shape_groups[o.shape]) == 1:  # colour is asked by shape only when one group has that shape
-            out.append(Question("color", f"What colour {'are' if n > 1 else 'is'} the {noun}?", o.color, None, o.shape))
+            out.append(Question("colour", f"What colour {'are' if n > 1 else 'is'} the {noun}?", o.color, None, o.shape))
         out.append(Question("shape", f"What shape {'are' if n > 1 else 'is'} the {o.color} object{'s' * (n > 1)}?",
                             o.shape, o.color, None))
         out.append(Question("count", f"How many {o.color} {o.shape}s are there?", NUMBER_WORDS[n], o.color, o.shape))
@@ -113,7 +113,7 @@ def _mentions(tokens: list[str], color: str, shape: str) -> list[int]:
 def match(question: Question, caption: str) -> bool:
     t = _tokens(caption)
     q = question
-    if q.category == "color":
+    if q.category == "colour":
         nouns = [i for i, w in enumerate(t) if w in (q.shape, q.shape + "s")]
         return any(_phrase_at(t, k, q.answer) for i in nouns for k in range(max(0, i - 4), i))
     if q.category == "shape":
@@ -142,8 +142,8 @@ class LlmJudge:
     def __init__(self, model: str, kv_cache_gib: int = 1, max_num_seqs: int = 64):
         from vllm import LLM
 
-        from .backends.vllm_engine import engine_env
-        from .config import EngineConfig
+        from captioner.backends.vllm_engine import engine_env
+        from captioner.config import EngineConfig
 
         engine_env(EngineConfig(kv_cache_gib=kv_cache_gib, num_gpus=0))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from datapipe.scenes.graph import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, SceneObject
+from scenes.graph import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, SceneObject
 
 CATEGORIES = ("colour", "rgb", "shape", "count", "position", "binding")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
