@@ -1,10 +1,16 @@
 """Score a checkpoint on the benchmark: images per prompt with fixed seeds, accuracy per category.
 
-Beside the model's row, every report carries two reference rows computed in the same run:
+Beside the model's row, every report carries reference rows computed in the same run:
 - `ground truth`: the analyser on renders of each prompt's own scene (the ceiling; ~100%);
+- `unconditional`: the model's own samples for the empty prompt, judged against the prompts
+  (what this model draws when it ignores the text, through the same analyser);
 - `chance`: each prompt judged against the true scene graphs of the other prompts of its
   category, all pairs (what an image that ignores its prompt would score).
-Intervals are Wilson 95% score intervals over the prompt x seed images of a category.
+Per row: each category (Wilson 95% intervals over its prompt x seed images); position and
+binding again conditional on both named objects being found (`|found`, with how often they
+were); binding's attribute-swap pairs scored as pairs (both right); `overall`, the mean over the
+in-distribution categories with a normal-approximation interval. Out-of-distribution categories
+(rgb, shape_colourless) are reported apart and are not in the mean.
 """
 
 from __future__ import annotations
@@ -15,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_yaml_config
+from scenes.analyse import Fact, both_found, calibrate, check, facts_from_image, facts_from_scene
+from scenes.eval_prompts import CATEGORIES, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, TWO_OBJECTS, Spec, make_specs
 from scenes.render import render
-
-from scenes.analyse import calibrate, check, facts_from_image, facts_from_scene
-from scenes.eval_prompts import CATEGORIES, Spec, make_specs
 
 
 @dataclass
@@ -33,6 +38,7 @@ class EvalConfig:
     out: str | None = None  # write report.json, samples.png and per-category grids here
     reference_only: bool = False  # no model: the analyser's ground-truth and chance rows only
     size: str = "64x64"  # WxH of the reference rows when reference_only
+    unconditional: int = 16  # samples of the empty prompt: the `unconditional` row
 
     def __post_init__(self):
         unknown = set(self.categories) - set(CATEGORIES)
@@ -55,37 +61,84 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarise(specs: list[Spec], hits: list[bool]) -> dict:
-    """{category: {n, correct, accuracy, ci}} plus "overall" (the mean of category accuracies)."""
-    out = {}
-    for c in dict.fromkeys(s.category for s in specs):
+def _cell(k: int, n: int) -> dict:
+    return {"n": n, "correct": k, "accuracy": round(k / n, 4) if n else 0.0, "ci95": [round(v, 4) for v in wilson(k, n)]}
+
+
+def summarise(specs: list[Spec], hits: list[bool], found: list[bool] | None = None,
+              pair_keys: list | None = None) -> dict:
+    """One report row. `found[i]`: both named objects were there (two-object categories);
+    `pair_keys[i]`: images with the same key form an attribute-swap pair (None: not in a pair)."""
+    out: dict = {}
+    cats = list(dict.fromkeys(s.category for s in specs))
+    for c in cats:
         got = [h for s, h in zip(specs, hits) if s.category == c]
-        k = sum(got)
-        out[c] = {"n": len(got), "correct": k, "accuracy": round(k / len(got), 4),
-                  "ci95": [round(v, 4) for v in wilson(k, len(got))]}
-    out["overall"] = {"accuracy": round(sum(v["accuracy"] for v in out.values()) / len(out), 4)}
+        out[c] = _cell(sum(got), len(got))
+    if found is not None:
+        for c in (c for c in TWO_OBJECTS if c in cats):
+            idx = [i for i, s in enumerate(specs) if s.category == c]
+            seen = [i for i in idx if found[i]]
+            out[f"{c}|found"] = {**_cell(sum(hits[i] for i in seen), len(seen)),
+                                 "found_rate": round(len(seen) / len(idx), 4)}
+    if pair_keys is not None:
+        pairs: dict = {}
+        for key, hit in zip(pair_keys, hits):
+            if key is not None:
+                pairs.setdefault(key, []).append(hit)
+        complete = [all(v) for v in pairs.values() if len(v) == 2]
+        if complete:
+            out["binding_pairs"] = _cell(sum(complete), len(complete))
+    inside = [c for c in IN_DISTRIBUTION if c in cats]
+    if inside:
+        mean = sum(out[c]["accuracy"] for c in inside) / len(inside)
+        se = math.sqrt(sum(out[c]["accuracy"] * (1 - out[c]["accuracy"]) / out[c]["n"] for c in inside)) / len(inside)
+        out["overall"] = {"accuracy": round(mean, 4), "ci95": [round(max(0.0, mean - 1.96 * se), 4),
+                                                               round(min(1.0, mean + 1.96 * se), 4)],
+                          "categories": inside}
     return out
 
 
+def score(specs: list[Spec], facts: list[list[Fact]], pair_keys: list | None = None) -> dict:
+    """Every spec against the facts of its image (same order), through one checker."""
+    hits = [check(s, f) for s, f in zip(specs, facts)]
+    found = [both_found(s, f) if s.category in TWO_OBJECTS else False for s, f in zip(specs, facts)]
+    return summarise(specs, hits, found, pair_keys if pair_keys is not None else [s.pair for s in specs])
+
+
 def chance(specs: list[Spec]) -> dict:
-    """Each prompt against every other scene of its category (by the scene graphs): all pairs."""
+    """Each prompt against every other scene of its category (by the scene graphs): all pairs.
+    A swap pair is judged against every other pair's two scenes."""
     truth = [facts_from_scene(s.scene) for s in specs]
-    pairs_specs, pairs_hits = [], []
+    members: dict = {}
+    for k, sp in enumerate(specs):
+        if sp.pair is not None:
+            members.setdefault((sp.category, sp.pair), []).append(k)
+    slot = {k: n for ks in members.values() if len(ks) == 2 for n, k in enumerate(ks)}  # first or second of a pair
+    scored, facts, keys = [], [], []
     for i, s in enumerate(specs):
         for j, other in enumerate(specs):
-            if i != j and other.category == s.category:
-                pairs_specs.append(s)
-                pairs_hits.append(check(s, truth[j]))
-    return summarise(pairs_specs, pairs_hits)
+            if other.category != s.category or i == j:
+                continue
+            key = None
+            if s.pair is not None:
+                # the first of a pair against the first of every other pair, second against second
+                if i not in slot or j not in slot or other.pair == s.pair or slot[i] != slot[j]:
+                    continue
+                key = (s.pair, other.pair)
+            scored.append(s)
+            facts.append(truth[j])
+            keys.append(key)
+    return score(scored, facts, keys)
 
 
 def ground_truth(specs: list[Spec], size: tuple[int, int]) -> dict:
     calib = calibrate(size)
-    return summarise(specs, [check(s, facts_from_image(render(s.scene), calib)) for s in specs])
+    return score(specs, [facts_from_image(render(s.scene), calib) for s in specs])
 
 
 def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) -> dict:
-    """Generate, analyse, score; with `out`, also write report.json and one grid PNG per category."""
+    """Generate, analyse, score; with `out`, also write report.json, samples.png and one grid PNG
+    per category, each image labelled with its prompt."""
     from trainer.sampling import load_pipeline, save_grid, to_pil
 
     pipe = load_pipeline(checkpoint)
@@ -94,15 +147,23 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     specs = make_specs(cfg.per_category, (w, h), cfg.prompt_seed, categories)
     calib = calibrate((w, h))
     runs = [(s, seed) for s in specs for seed in cfg.seeds]
-    images = pipe.generate([s.prompt for s, _ in runs], [seed for _, seed in runs], steps=cfg.steps,
-                           guidance=cfg.guidance, size=(h, w), batch=cfg.batch)
-    hits = [check(s, facts_from_image(to_pil(img), calib)) for (s, _), img in zip(runs, images)]
+    n_uncond = max(cfg.unconditional, 1)
+    prompts = [s.prompt for s, _ in runs] + [""] * n_uncond
+    seeds = [seed for _, seed in runs] + [10_000 + k for k in range(n_uncond)]
+    images = pipe.generate(prompts, seeds, steps=cfg.steps, guidance=cfg.guidance, size=(h, w), batch=cfg.batch)
+    facts = [facts_from_image(to_pil(img), calib) for img in images]
+    model_facts, uncond_facts = facts[: len(runs)], facts[len(runs):]
+    run_specs = [s for s, _ in runs]
+    pair_keys = [None if s.pair is None else (s.pair, seed) for s, seed in runs]
+    model = score(run_specs, model_facts, pair_keys)
     report = {
         "checkpoint": str(checkpoint), "resolution": [w, h], "config": cfg.__dict__,
-        "calibration": calib.to_dict(), "model": summarise([s for s, _ in runs], hits),
+        "calibration": calib.to_dict(), "model": model,
+        # the empty prompt's samples in place of each prompt's: image k of the runs -> uncond k mod n
+        "unconditional": score(run_specs, [uncond_facts[k % n_uncond] for k in range(len(runs))], pair_keys),
         "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs),
-        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit}
-                     for (s, seed), hit in zip(runs, hits)],
+        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": check(s, f)}
+                     for (s, seed), f in zip(runs, model_facts)],
     }
     if out is not None:
         out = Path(out)
@@ -110,12 +171,14 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
         cols = len(cfg.seeds)
         for c in categories:
             idx = [i for i, (s, _) in enumerate(runs) if s.category == c][: 8 * cols]
-            save_grid(images[idx], len(idx) // cols, cols, out / f"grid_{c}.png")
+            save_grid(images[idx], len(idx) // cols, cols, out / f"grid_{c}.png",
+                      labels=[_label(runs[i], report) for i in idx])
         # one overview: a row per category, its first prompts at the first seed
         per_row = min(6, cfg.per_category)
         rows = [[i for i, (s, seed) in enumerate(runs) if s.category == c and seed == cfg.seeds[0]][:per_row]
                 for c in categories]
-        save_grid(images[[i for row in rows for i in row]], len(rows), per_row, out / "samples.png")
+        cells = [i for row in rows for i in row]
+        save_grid(images[cells], len(rows), per_row, out / "samples.png", labels=[_label(runs[i], report) for i in cells])
         report["samples_grid"] = {"path": str(out / "samples.png"),
                                   "rows": [[runs[i][0].prompt for i in row] for row in rows]}
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -123,15 +186,47 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     return report
 
 
+def _label(run: tuple[Spec, int], report: dict) -> str:
+    spec, seed = run
+    hit = next(e["followed"] for e in report["examples"] if e["prompt"] == spec.prompt and e["seed"] == seed)
+    return f"{'+' if hit else '-'} {spec.prompt}"
+
+
+ROWS = (("model", "model"), ("unconditional", "unconditional"), ("ground truth", "ground_truth"), ("chance", "chance"))
+
+
 def format_report(report: dict) -> str:
-    rows = [(name, report[key]) for name, key in (("model", "model"), ("ground truth", "ground_truth"),
-                                                    ("chance", "chance")) if report.get(key)]
-    cats = [c for c in report["ground_truth"] if c != "overall"]
-    n = (report.get("model") or report["ground_truth"])[cats[0]]["n"]
+    """A metric per line, a column per row of the report (model, unconditional, ground truth, chance)."""
+    columns = [(name, report[key]) for name, key in ROWS if report.get(key)]
+    first = columns[0][1]
+    cats = [c for c in first if c != "overall"]
+    n = first[cats[0]]["n"]
     lines = [f"eval scenes: {report['checkpoint']} at {report['resolution'][0]}x{report['resolution'][1]}, "
              f"{n} images per category",
-             f"  {'':<14}" + "".join(f"{c:>20}" for c in cats) + f"{'overall':>10}"]
-    for name, r in rows:
-        cells = "".join(f"{r[c]['accuracy']:>8.1%} [{r[c]['ci95'][0]:.2f},{r[c]['ci95'][1]:.2f}]" for c in cats)
-        lines.append(f"  {name:<14}{cells}{r['overall']['accuracy']:>10.1%}")
+             f"  {'':<18}" + "".join(f"{name:>24}" for name, _ in columns)]
+
+    def line(label: str, key: str) -> str:
+        cells = []
+        for _, r in columns:
+            v = r.get(key)
+            if v is None:
+                cells.append(f"{'-':>24}")
+                continue
+            text = f"{v['accuracy']:.1%} [{v['ci95'][0]:.2f},{v['ci95'][1]:.2f}]"
+            if "found_rate" in v:
+                text = f"{v['accuracy']:.0%} [{v['ci95'][0]:.2f},{v['ci95'][1]:.2f}] f{v['found_rate']:.0%}"
+            cells.append(f"{text:>24}")
+        return f"  {label:<18}" + "".join(cells)
+
+    order = [m for c in IN_DISTRIBUTION for m in (c, f"{c}|found", *(["binding_pairs"] if c == "binding" else []))]
+    inside = [c for c in order if c in cats]
+    lines += [line(c, c) for c in inside]
+    if "overall" in first:
+        lines.append(line("overall (mean)", "overall"))
+    outside = [c for c in cats if c in OUT_OF_DISTRIBUTION]
+    if outside:
+        lines.append("  outside the training distribution (not in the mean):")
+        lines += [line(c, c) for c in outside]
+    lines.append("  |found: among images where both named objects were found (f: how often they were); "
+                 "binding_pairs: both prompts of an attribute-swap pair right")
     return "\n".join(lines)

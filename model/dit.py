@@ -73,11 +73,12 @@ class Mlp(nn.Sequential):
 
 
 class TimestepEmbedder(nn.Module):
-    """EDM's c_noise (= ln(sigma)/4, roughly in [-2, 2]) -> a width-sized vector."""
+    """EDM's c_noise (= ln(sigma)/4, roughly in [-2, 2]) -> a width-sized vector, through
+    sinusoids of frequencies 1..freq_max (DiTConfig.noise_freq_max)."""
 
-    def __init__(self, width: int, freq_dim: int = 256):
+    def __init__(self, width: int, freq_dim: int = 256, freq_max: float = 16.0):
         super().__init__()
-        freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), freq_dim // 2))
+        freqs = torch.exp(torch.linspace(0.0, math.log(freq_max), freq_dim // 2))
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
@@ -268,7 +269,7 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         p, w = cfg.patch_size, cfg.width
         self.patch_embed = nn.Conv2d(cfg.in_channels, w, kernel_size=p, stride=p)
-        self.t_embed = TimestepEmbedder(w)
+        self.t_embed = TimestepEmbedder(w, freq_max=cfg.noise_freq_max)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.depth))
         self.final = FinalLayer(w, p, cfg.in_channels)
         if cfg.conditioning == "refiner":

@@ -40,9 +40,17 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class TextStates:
     hidden: torch.Tensor  # [layers + 1, B, T, C]: embeddings, then each decoder layer's output
     mask: torch.Tensor  # [B, T] bool, True for real tokens
+    lengths: torch.Tensor | None = None  # [B] tokens each prompt has (EOS included) before any cut
+    budgets: torch.Tensor | None = None  # [B] the token budget each prompt was encoded under
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """[B] bool: the prompt had more tokens than its budget and was cut (never silently:
+        the trainer counts these per caption level and warns)."""
+        return self.lengths > self.budgets
 
     def to(self, device) -> "TextStates":
-        return TextStates(self.hidden.to(device), self.mask.to(device))
+        return TextStates(self.hidden.to(device), self.mask.to(device), self.lengths, self.budgets)
 
 
 def embedded_smollm2_gguf() -> Path:
@@ -97,27 +105,28 @@ def resolve_source(source: str) -> Path:
 
 
 class StateCache:
-    """LRU cache of per-prompt text states: key -> [layers, real tokens, C] tensor on the host."""
+    """LRU cache of per-prompt text states: key -> ([layers, real tokens, C] tensor on the host,
+    the prompt's uncut token count)."""
 
     def __init__(self, max_mb: float):
         self.max_bytes = int(max_mb * 2**20)
-        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.entries: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
         self.bytes = self.hits = self.misses = 0
 
-    def get(self, key: tuple) -> torch.Tensor | None:
+    def get(self, key: tuple) -> tuple[torch.Tensor, int] | None:
         value = self.entries.get(key)
         if value is not None:
             self.entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+    def put(self, key: tuple, value: tuple[torch.Tensor, int]) -> None:
+        size = value[0].numel() * value[0].element_size()
         if size > self.max_bytes:
             return
         self.entries[key] = value
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, old = self.entries.popitem(last=False)
+            _, (old, _) = self.entries.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
 
     def stats(self) -> dict:
@@ -154,9 +163,14 @@ class FrozenTextEncoder(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def _body(self, prompt: str, max_tokens: int) -> list[int]:
-        """A prompt's token ids, truncated, ending with EOS."""
-        return self._ids(prompt)[: max_tokens - 1] + [self.eos_id]
+    def _body(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
+        """A prompt's token ids cut to `max_tokens` (EOS last), and how many it has uncut."""
+        ids = self._ids(prompt)
+        return ids[: max_tokens - 1] + [self.eos_id], len(ids) + 1
+
+    def token_count(self, prompt: str) -> int:
+        """Tokens `prompt` takes uncut (EOS included): what a budget must hold for it to fit."""
+        return len(self._ids(prompt)) + 1
 
     @property
     def device(self) -> torch.device:
@@ -166,13 +180,20 @@ class FrozenTextEncoder(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, prompts: list[str], max_tokens: int | None = None, pad_to: int | None = None,
+    def forward(self, prompts: list[str], max_tokens: int | list[int] | None = None, pad_to: int | None = None,
                 layers: list[int] | None = None) -> TextStates:
-        """States of `prompts`: every hidden state ([layers + 1, B, T, C]) or only `layers`, in order."""
-        max_tokens = max_tokens or self.cfg.max_tokens
+        """States of `prompts`: every hidden state ([layers + 1, B, T, C]) or only `layers`, in order.
+
+        `max_tokens`: one budget for all prompts or one per prompt (the trainer's per-level
+        budgets); default the config's. States say which prompts were cut (`truncated`)."""
+        budgets = _budgets(max_tokens or self.cfg.max_tokens, len(prompts))
         if self.cache is not None:
-            return self._cached(prompts, max_tokens, pad_to, layers)
-        return self._encode([self._body(p, max_tokens) for p in prompts], pad_to, layers)
+            return self._cached(prompts, budgets, pad_to, layers)
+        bodies = [self._body(p, b) for p, b in zip(prompts, budgets)]
+        states = self._encode([ids for ids, _ in bodies], pad_to, layers)
+        states.lengths = torch.tensor([n for _, n in bodies])
+        states.budgets = torch.tensor(budgets)
+        return states
 
     def _encode(self, bodies: list[list[int]], pad_to, layers) -> TextStates:
         length = max(pad_to or 0, max(len(b) for b in bodies))
@@ -191,27 +212,41 @@ class FrozenTextEncoder(nn.Module):
 
     CACHE_PAD = 16  # cache misses are padded to a multiple of this many tokens
 
-    def _cached(self, prompts, max_tokens, pad_to, layers) -> TextStates:
+    def _cached(self, prompts, budgets, pad_to, layers) -> TextStates:
+        """The cache key is (prompt, budget, layers): the same caption under another budget is
+        another entry (its states differ once it is cut)."""
         cache = self.cache
-        tag = (max_tokens, None if layers is None else tuple(layers))
-        found = {p: cache.get((p, *tag)) for p in dict.fromkeys(prompts)}
-        n_missed = sum(found[p] is None for p in prompts)
+        layer_tag = None if layers is None else tuple(layers)
+        wanted = list(dict.fromkeys(zip(prompts, budgets)))
+        found = {pb: cache.get((*pb, layer_tag)) for pb in wanted}
+        n_missed = sum(found[pb] is None for pb in zip(prompts, budgets))
         cache.hits, cache.misses = cache.hits + len(prompts) - n_missed, cache.misses + n_missed
-        bodies = {p: self._body(p, max_tokens) for p, v in found.items() if v is None}
-        groups: dict[int, list[str]] = {}
-        for p, body in bodies.items():
-            groups.setdefault(min(max_tokens, -(-len(body) // self.CACHE_PAD) * self.CACHE_PAD), []).append(p)
+        bodies = {pb: self._body(*pb) for pb, v in found.items() if v is None}
+        groups: dict[int, list[tuple[str, int]]] = {}
+        for pb, (ids, _) in bodies.items():
+            groups.setdefault(min(pb[1], -(-len(ids) // self.CACHE_PAD) * self.CACHE_PAD), []).append(pb)
         for length, group in groups.items():
-            fresh = self._encode([bodies[p] for p in group], length, layers)
-            for i, p in enumerate(group):
-                found[p] = fresh.hidden[:, i, : int(fresh.mask[i].sum())].cpu().clone()
-                cache.put((p, *tag), found[p])
-        per_prompt = [found[p] for p in prompts]
-        length = max(pad_to or 0, max(h.shape[1] for h in per_prompt))
-        n_layers, _, width = per_prompt[0].shape
-        hidden = torch.zeros(n_layers, len(prompts), length, width, dtype=per_prompt[0].dtype)
+            fresh = self._encode([bodies[pb][0] for pb in group], length, layers)
+            for i, pb in enumerate(group):
+                states = fresh.hidden[:, i, : int(fresh.mask[i].sum())].cpu().clone()
+                found[pb] = (states, bodies[pb][1])
+                cache.put((*pb, layer_tag), found[pb])
+        per_prompt = [found[pb] for pb in zip(prompts, budgets)]
+        length = max(pad_to or 0, max(h.shape[1] for h, _ in per_prompt))
+        n_layers, _, width = per_prompt[0][0].shape
+        hidden = torch.zeros(n_layers, len(prompts), length, width, dtype=per_prompt[0][0].dtype)
         mask = torch.zeros(len(prompts), length, dtype=torch.bool)
-        for i, h in enumerate(per_prompt):
+        for i, (h, _) in enumerate(per_prompt):
             hidden[:, i, : h.shape[1]] = h
             mask[i, : h.shape[1]] = True
-        return TextStates(hidden, mask).to(self.device)
+        lengths = torch.tensor([n for _, n in per_prompt])
+        return TextStates(hidden, mask, lengths, torch.tensor(budgets)).to(self.device)
+
+
+def _budgets(max_tokens: int | list[int], n: int) -> list[int]:
+    budgets = [int(max_tokens)] * n if isinstance(max_tokens, int) else [int(b) for b in max_tokens]
+    if len(budgets) != n:
+        raise ValueError(f"{len(budgets)} token budgets for {n} prompts")
+    if min(budgets, default=1) < 1:
+        raise ValueError(f"a token budget must be >= 1 (EOS), got {min(budgets)}")
+    return budgets

@@ -125,6 +125,14 @@ def check(spec: Spec, facts: list[Fact]) -> bool:
     return bool(_check(spec, facts))
 
 
+def both_found(spec: Spec, facts: list[Fact]) -> bool:
+    """For a two-object prompt (position, binding): are objects of both named colours there? The
+    relation or the binding can only be judged when they are."""
+    t = spec.target
+    ca, cb = (t["a"][0], t["b"][0]) if spec.category == "binding" else (t["a"], t["b"])
+    return _largest(facts, ca) is not None and _largest(facts, cb) is not None
+
+
 def _check(spec: Spec, facts: list[Fact]) -> bool:
     t, c = spec.target, spec.category
     if c == "colour":
@@ -134,7 +142,7 @@ def _check(spec: Spec, facts: list[Fact]) -> bool:
         return bool(totals) and max(totals, key=totals.get) == t["color"]
     if c == "rgb":
         return bool(facts) and max(abs(a - b) for a, b in zip(facts[0].rgb, t["rgb"])) <= RGB_TOLERANCE
-    if c == "shape":
+    if c in ("shape", "shape_colourless"):
         return bool(facts) and facts[0].shape == t["shape"]
     if c == "count":
         return sum(f.color == t["color"] for f in facts) == t["n"]

@@ -1,12 +1,18 @@
 """The benchmark's prompts: per category, a prompt and the scene that answers it exactly.
 
-Categories (each tests one thing a text encoder must carry into the image):
-  colour    "a red circle"                           the dominant colour
-  rgb       "a circle, RGB 201, 44, 61"              the exact colour, within a tolerance
-  shape     "a triangle"                             the main object's shape
-  count     "three blue squares"                     how many objects of that colour
+In-distribution categories (phrased as the corpus's reference captions are; their mean is the
+benchmark's score):
+  colour    "a red circle"                                 the dominant colour
+  shape     "a red triangle"                               the main object's shape
+  count     "three blue squares"                           how many objects of that colour
   position  "a red circle to the left of a green square"   the relation of two objects
-  binding   "a red circle and a green square"        which attribute goes with which object
+  binding   "a red circle and a green square"              which attribute goes with which object;
+            binding prompts come in attribute-swap pairs ("a green circle and a red square" is
+            the next one) and are also scored as pairs: both images of a pair must be right
+Outside the training distribution (reported apart, never in the mean):
+  rgb               "a circle, RGB 201, 44, 61"   an exact colour beyond the corpus's jitter
+  shape_colourless  "a triangle"                  a shape with no colour named (every corpus
+                                                  caption names its objects' colours)
 
 Prompts come from their own seed (`make_specs(seed=...)`), not from any training corpus: the
 phrasing matches the reference captions' vocabulary (level 1-2 and level 6), the combinations
@@ -20,7 +26,10 @@ from dataclasses import dataclass, field
 
 from scenes.graph import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, SceneObject
 
-CATEGORIES = ("colour", "rgb", "shape", "count", "position", "binding")
+IN_DISTRIBUTION = ("colour", "shape", "count", "position", "binding")
+OUT_OF_DISTRIBUTION = ("rgb", "shape_colourless")
+CATEGORIES = IN_DISTRIBUTION + OUT_OF_DISTRIBUTION
+TWO_OBJECTS = ("position", "binding")  # also scored conditional on both objects being found
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 RGB_SPREAD = 40  # exact-RGB targets lie within this distance (per channel) of a named colour
@@ -33,6 +42,7 @@ class Spec:
     prompt: str
     scene: Scene  # a ground-truth answer to the prompt
     target: dict = field(default_factory=dict)  # what the checker looks for
+    pair: int | None = None  # binding: specs with the same pair number are each other's attribute swap
 
 
 def _article(word: str) -> str:
@@ -85,7 +95,7 @@ def _one(category: str, i: int, rng: random.Random, size: tuple[int, int]) -> Sp
     scene = _scene(f"{category}-{i:04d}", rng, size)
     placed: list = []
     big = SIZES["large"] * min(w, h)
-    if category in ("colour", "shape", "rgb"):
+    if category in ("colour", "shape", "shape_colourless", "rgb"):
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
         rgb = COLORS[color]
         while category == "rgb":  # an exact colour near the named one, still clearly chromatic
@@ -94,9 +104,11 @@ def _one(category: str, i: int, rng: random.Random, size: tuple[int, int]) -> Sp
                 break
         cx, cy = _place(rng, w, h, big, placed, (0.3, 0.7, 0.3, 0.7))
         scene.objects.append(_obj(shape, color, rgb, "large", cx, cy, big))
-        prompt = {"colour": f"{_article(color)} {color} {shape}", "shape": f"{_article(shape)} {shape}",
+        prompt = {"colour": f"{_article(color)} {color} {shape}", "shape": f"{_article(color)} {color} {shape}",
+                  "shape_colourless": f"{_article(shape)} {shape}",
                   "rgb": f"{_article(shape)} {shape}, RGB {rgb[0]}, {rgb[1]}, {rgb[2]}"}[category]
-        target = {"colour": {"color": color}, "shape": {"shape": shape}, "rgb": {"rgb": list(rgb)}}[category]
+        target = {"colour": {"color": color}, "shape": {"shape": shape}, "shape_colourless": {"shape": shape},
+                  "rgb": {"rgb": list(rgb)}}[category]
         return Spec(category, prompt, scene, target)
     if category == "count":
         color, shape, n = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.randint(1, 4)
@@ -113,7 +125,7 @@ def _one(category: str, i: int, rng: random.Random, size: tuple[int, int]) -> Sp
         for (c, s), (cx, cy) in zip(((ca, sa), (cb, sb)), _layout(rng, w, h, r, [ANYWHERE] * 2)):
             scene.objects.append(_obj(s, c, COLORS[c], two, cx, cy, r))
         return Spec(category, f"{_article(ca)} {ca} {sa} and {_article(cb)} {cb} {sb}", scene,
-                    {"a": [ca, sa], "b": [cb, sb]})
+                    {"a": [ca, sa], "b": [cb, sb]}, pair=i)
     rel = rng.choice(RELATIONS)
     near, far = (0.12, 0.38), (0.62, 0.88)
     if rel in ("to the left of", "above"):
@@ -127,11 +139,36 @@ def _one(category: str, i: int, rng: random.Random, size: tuple[int, int]) -> Sp
                 {"a": ca, "b": cb, "relation": rel})
 
 
+def swapped(spec: Spec) -> Spec:
+    """The attribute swap of a binding spec: the same shapes in the same places, colours exchanged
+    ("a red circle and a green square" -> "a green circle and a red square")."""
+    (ca, sa), (cb, sb) = spec.target["a"], spec.target["b"]
+    scene = Scene(spec.scene.id + "-swap", spec.scene.seed, spec.scene.width, spec.scene.height,
+                  spec.scene.background, spec.scene.background_rgb)
+    first, second = spec.scene.objects
+    scene.objects = [_obj(first.shape, cb, COLORS[cb], first.size, first.cx, first.cy, first.r),
+                     _obj(second.shape, ca, COLORS[ca], second.size, second.cx, second.cy, second.r)]
+    return Spec("binding", f"{_article(cb)} {cb} {sa} and {_article(ca)} {ca} {sb}", scene,
+                {"a": [cb, sa], "b": [ca, sb]}, pair=spec.pair)
+
+
 def make_specs(per_category: int, size: tuple[int, int] = (64, 64), seed: int = 2026,
                categories: tuple[str, ...] = CATEGORIES) -> list[Spec]:
-    """`per_category` prompts of each category, deterministic in `seed` and `size` (width, height)."""
+    """`per_category` prompts of each category, deterministic in `seed` and `size` (width, height).
+
+    Binding prompts are drawn as per_category // 2 (rounded up) pairs, each followed by its swap."""
     unknown = set(categories) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories {sorted(unknown)}; known: {list(CATEGORIES)}")
     rng = random.Random(seed)
-    return [_one(c, i, rng, size) for c in categories for i in range(per_category)]
+    out: list[Spec] = []
+    for c in categories:
+        if c == "binding":
+            group: list[Spec] = []
+            for i in range(-(-per_category // 2)):
+                first = _one(c, i, rng, size)
+                group += [first, swapped(first)]
+            out += group[:per_category]
+        else:
+            out += [_one(c, i, rng, size) for i in range(per_category)]
+    return out

@@ -14,8 +14,8 @@ from PIL import Image
 from scenes.render import render
 from conftest import ROOT, deepfusion_cmd
 from scenes.analyse import calibrate, check, facts_from_image, facts_from_scene
-from scenes.eval_prompts import CATEGORIES, make_specs
-from jobs.eval_scenes import chance, ground_truth, summarise, wilson
+from scenes.eval_prompts import CATEGORIES, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, make_specs
+from jobs.eval_scenes import chance, format_report, ground_truth, score, summarise, wilson
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (48, 32)])
@@ -23,6 +23,63 @@ def test_ground_truth_renders_score_near_100_percent(size):
     report = ground_truth(make_specs(40, size, seed=3), size)
     for category in CATEGORIES:
         assert report[category]["accuracy"] >= 0.97, (category, report[category])
+    # conditional on both objects found, and attribute-swap pairs: the ceiling is 100% too
+    for metric in ("position|found", "binding|found", "binding_pairs"):
+        assert report[metric]["accuracy"] >= 0.97, (metric, report[metric])
+    assert report["position|found"]["found_rate"] >= 0.97 and report["binding_pairs"]["n"] == 20
+    # the mean is over the in-distribution categories only
+    assert report["overall"]["categories"] == list(IN_DISTRIBUTION)
+
+
+def _mismatched(specs):
+    """Each spec paired with the scene of the next spec of its category; a binding swap pair with
+    the next pair (first with first, second with second)."""
+    groups: dict[str, list] = {}
+    for s in specs:
+        groups.setdefault(s.category, []).append(s)
+    scored, others, keys = [], [], []
+    for group in groups.values():
+        step = 2 if group[0].pair is not None else 1
+        for i, spec in enumerate(group):
+            other = group[(i + step) % len(group)]
+            scored.append(spec)
+            others.append(other)
+            keys.append(None if spec.pair is None else (spec.pair, other.pair))
+    return scored, others, keys
+
+
+def test_conditional_and_swap_metrics_on_mismatched_renders_are_chance():
+    """Prompts scored on renders of other prompts' scenes: every metric, the conditional ones and
+    the swap pairs included, is exactly what the scene graphs say, and near the chance row."""
+    size = (64, 64)
+    specs = make_specs(60, size, seed=11)
+    calib = calibrate(size)
+    scored, others, keys = _mismatched(specs)
+    from_pixels = score(scored, [facts_from_image(render(o.scene), calib) for o in others], keys)
+    from_graphs = score(scored, [facts_from_scene(o.scene) for o in others], keys)
+    assert from_pixels == from_graphs
+    at_chance = chance(specs)
+    for metric in ("binding_pairs", "position", "binding"):
+        p, n = at_chance[metric]["accuracy"], from_pixels[metric]["n"]
+        assert abs(from_pixels[metric]["accuracy"] - p) <= 3 * math.sqrt(p * (1 - p) / n) + 0.05, (metric, p)
+    assert from_pixels["binding_pairs"]["accuracy"] <= 0.1 and from_pixels["binding_pairs"]["n"] == 30
+    # a pair is right only when both of its images are: never more often than its worse half
+    assert at_chance["binding_pairs"]["accuracy"] <= at_chance["binding"]["accuracy"]
+    table = format_report({"checkpoint": "x", "resolution": [64, 64], "ground_truth": ground_truth(specs, size),
+                           "chance": at_chance})
+    assert "position|found" in table and "binding_pairs" in table and "not in the mean" in table
+    assert table.index("not in the mean") < table.index("shape_colourless")
+
+
+def test_binding_prompts_come_in_attribute_swap_pairs():
+    specs = [s for s in make_specs(6, (64, 64), seed=4) if s.category == "binding"]
+    assert len(specs) == 6 and [s.pair for s in specs] == [0, 0, 1, 1, 2, 2]
+    for a, b in zip(specs[::2], specs[1::2]):
+        (ca, sa), (cb, sb) = a.target["a"], a.target["b"]
+        assert b.target == {"a": [cb, sa], "b": [ca, sb]}
+        assert [o.shape for o in a.scene.objects] == [o.shape for o in b.scene.objects]
+        assert [o.color for o in a.scene.objects] == [o.color for o in b.scene.objects][::-1]
+        assert check(a, facts_from_scene(a.scene)) and not check(a, facts_from_scene(b.scene))
 
 
 def test_unrelated_images_score_at_chance_and_noise_scores_nothing():
@@ -44,10 +101,13 @@ def test_unrelated_images_score_at_chance_and_noise_scores_nothing():
             hits.append(hit)
     unrelated, at_chance = summarise(scored, hits), chance(specs)
     for c in CATEGORIES:
+        if c == "binding":
+            continue  # paired prompts: the next one is its own swap (test above pairs them properly)
         p, n = at_chance[c]["accuracy"], unrelated[c]["n"]
         assert abs(unrelated[c]["accuracy"] - p) <= 3 * math.sqrt(p * (1 - p) / n) + 0.05, (c, unrelated[c], p)
     assert 0.09 < at_chance["colour"]["accuracy"] < 0.13  # one of nine colours
     assert 0.28 < at_chance["shape"]["accuracy"] < 0.39  # one of three shapes
+    assert 0.28 < at_chance["shape_colourless"]["accuracy"] < 0.41
     # pure noise has no object regions: it follows no prompt
     rng = np.random.default_rng(0)
     noise = [check(s, facts_from_image(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), calib))
@@ -60,7 +120,7 @@ def test_specs_are_deterministic_and_prompts_name_what_is_drawn():
     assert [s.prompt for s in a] == [s.prompt for s in b] and [s.scene for s in a] == [s.scene for s in b]
     assert [s.prompt for s in make_specs(10, (64, 64), seed=6)] != [s.prompt for s in a]
     for s in a:
-        if s.category in ("colour", "count", "binding", "position"):
+        if s.category in ("colour", "shape", "count", "binding", "position"):
             for o in s.scene.objects:
                 assert o.color in s.prompt and o.shape in s.prompt, (s.prompt, o)
         if s.category == "rgb":

@@ -235,7 +235,30 @@ def test_text_encoder_padding_invariance(encoder):
 
 def test_text_encoder_truncates_to_max_tokens(encoder):
     long = " ".join(["red circle"] * 100)
-    assert encoder([long], max_tokens=8).mask.sum() == 8
+    states = encoder([long], max_tokens=8)
+    assert states.mask.sum() == 8
+    assert states.truncated.tolist() == [True] and int(states.lengths[0]) == encoder.token_count(long) > 8
+
+
+@pytest.mark.parametrize("cache_mb", [0, 4])
+def test_per_prompt_budgets_say_which_prompts_were_cut(tiny_llm, cache_mb):
+    """One budget per prompt (the trainer's per-level budgets): each prompt is cut to its own, and
+    the states say which were cut and how long they were; the cache keeps a prompt per budget."""
+    enc = FrozenTextEncoder(TextEncoderConfig(source=str(tiny_llm), max_tokens=16), cache_mb=cache_mb)
+    long = "three blue squares and two red circles " * 3
+    n = enc.token_count(long)
+    states = enc(["a red circle", long, long], max_tokens=[4, n, n - 5], layers=[4])
+    assert states.mask.sum(1).tolist() == [4, n, n - 5]
+    assert states.truncated.tolist() == [enc.token_count("a red circle") > 4, False, True]
+    assert states.lengths.tolist() == [enc.token_count("a red circle"), n, n] and states.budgets.tolist() == [4, n, n - 5]
+    # the same prompt under its two budgets: the cut one equals the full one's prefix, then stops
+    torch.testing.assert_close(states.hidden[:, 2, : n - 6], states.hidden[:, 1, : n - 6], atol=1e-5, rtol=1e-4)
+    if cache_mb:
+        assert len(enc.cache.entries) == 3  # (prompt, budget, layers) keys: no budget gets another's states
+        again = enc([long], max_tokens=[n - 5], layers=[4])
+        assert enc.cache.hits == 1 and again.truncated.tolist() == [True] and int(again.mask.sum()) == n - 5
+    with pytest.raises(ValueError, match="2 token budgets for 3 prompts"):
+        enc(["a", "b", "c"], max_tokens=[4, 4])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -105,7 +105,8 @@ def test_train_writes_its_outputs_resumes_and_refuses_another_config(tmp_path, d
     assert (export / "config.json").exists() and load_file(str(export / "diffusion_pytorch_model.safetensors"))
     grid = Image.open(run_dir / "samples" / "step_00000006.png")
     rows = json.loads((run_dir / "samples" / "prompts.json").read_text())["rows"]
-    assert len(rows) == 4 and grid.size == (2 * 34 + 2, 4 * 34 + 2)  # 2 prompts + 1 sample x 2 levels; 2 seeds
+    # 2 prompts + 1 sample x 2 levels, 2 seeds; 32-px images shown 4x, each row's prompt under it
+    assert len(rows) == 4 and grid.size[0] == 2 * (128 + 2) + 2 and grid.size[1] > 4 * (128 + 2)
 
     again = run(train_cmd(run_dir, dataset, tiny_llm, "steps=6", "checkpoint.every_steps=2"))
     assert again.returncode == 0 and "trained 6 steps" in again.stdout
@@ -128,6 +129,25 @@ def test_train_writes_its_outputs_resumes_and_refuses_another_config(tmp_path, d
     first, second = (a / "first" / "000_seed0.png").read_bytes(), (a / "second" / "000_seed0.png").read_bytes()
     assert first == second
     assert first != (a / "other" / "000_seed1.png").read_bytes()
+
+
+def test_captions_over_their_level_budget_are_counted_and_warned_about_once_per_level(tmp_path, dataset, tiny_llm):
+    """No silent truncation: a caption longer than data.level_tokens for its level is cut, every
+    cut is counted in the metrics per level, and the log says so once per level with the length."""
+    run_dir = tmp_path / "run"
+    out = run(train_cmd(run_dir, dataset, tiny_llm, "steps=4", "data.level_weights={'1': 1, '6': 1}",
+                        "data.level_tokens={'1': 64, '6': 6}", "checkpoint.every_steps=100", "sample.every_steps=0"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if "was cut to its budget" in line]
+    assert len(warnings) == 1 and "level-6 caption of" in warnings[0] and "budget of 6 (data.level_tokens.6)" in warnings[0]
+    last = read_metrics(run_dir)[-1]
+    assert last["truncated/level_6"] > 0 and "truncated/level_1" not in last
+    assert last["truncated_captions"] == last["truncated/level_6"]
+    # the defaults hold every level of the reference captions: nothing is cut
+    fits = run(train_cmd(tmp_path / "fits", dataset, tiny_llm, "steps=2", "data.level_weights={'6': 1}",
+                         "checkpoint.every_steps=100", "sample.every_steps=0"))
+    assert fits.returncode == 0, fits.stderr[-3000:]
+    assert "was cut" not in fits.stderr and read_metrics(tmp_path / "fits")[-1]["truncated_captions"] == 0
 
 
 def test_spike_guard_aborts_a_diverging_run_with_a_clear_message(tmp_path, dataset, tiny_llm):

@@ -56,8 +56,11 @@ def main(work: Path) -> int:
             assert head.poll() is None, head.stdout.read()
             assert time.time() < deadline, "the Ray head did not come up"
             time.sleep(1)
+        # A temp dir of its own, as a second machine has: with the head's, both nodes' runtime-env
+        # agents unpack (and replace) the job's working_dir in the same folder while the driver
+        # imports from it (seen: "No module named 'datapipe.dedup.service'" with the file there).
         worker = subprocess.Popen([ray_bin, "start", "--block", f"--address=127.0.0.1:{gcs}", *common,
-                                   '--resources={"second_node": 1}'],
+                                   f"--temp-dir={temp}-b", '--resources={"second_node": 1}'],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
         import ray

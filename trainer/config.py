@@ -33,6 +33,12 @@ class DataConfig:
     # Caption-level sampling weights: "1".."6" are the levels, "alt" the source alt text.
     level_weights: dict[str, float] = field(default_factory=lambda: {str(i): 1.0 for i in range(1, 7)})
     cfg_dropout: float = 0.1  # probability of the empty prompt (for classifier-free guidance)
+    # Token budget per caption level (EOS included); a longer caption is cut, counted in the
+    # metrics (truncated/level_N) and warned about once per level. The defaults hold the reference
+    # captions of every level under the SmolLM2 tokenizer (level 6 runs to ~310 tokens); a level
+    # missing here gets the text encoder's max_tokens.
+    level_tokens: dict[str, int] = field(default_factory=lambda: {"1": 32, "2": 48, "3": 80, "4": 128, "5": 192,
+                                                                  "6": 384, "alt": 77})
     resolution: int = 64  # buckets have about resolution^2 pixels
     buckets: list[list[int]] = field(default_factory=list)  # explicit [height, width] list; else generated
     max_aspect: float = 2.0  # generated buckets span aspect ratios 1/max_aspect .. max_aspect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import resource
 from pathlib import Path
 
@@ -12,6 +13,35 @@ import torch.distributed as dist
 from model.edm import SIGMA_BIN_NAMES, log_sigma_bin
 
 LEVEL_NAMES = ("1", "2", "3", "4", "5", "6", "alt", "uncond")
+log = logging.getLogger(__name__)
+
+
+class TruncationCount:
+    """Captions cut to their level's token budget: counted per level over this process's part of the run (every
+    rank's, summed when reported) and warned about once per level, with the length it had."""
+
+    def __init__(self):
+        self.counts = torch.zeros(len(LEVEL_NAMES), dtype=torch.float64)
+        self.warned: set[str] = set()
+
+    def add(self, levels: list[str], lengths: torch.Tensor, budgets: torch.Tensor) -> None:
+        for level, n, budget in zip(levels, lengths.tolist(), budgets.tolist()):
+            if n <= budget:
+                continue
+            self.counts[LEVEL_NAMES.index(level)] += 1
+            if level not in self.warned:
+                self.warned.add(level)
+                log.warning("a level-%s caption of %d tokens was cut to its budget of %d (data.level_tokens.%s); "
+                            "every cut is counted in metrics.jsonl as truncated/level_%s, this is the only warning "
+                            "for that level", level, n, budget, level, level)
+
+    def reduce(self) -> dict[str, float]:
+        t = self.counts.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t)
+        out = {"truncated_captions": float(t.sum())}
+        out.update({f"truncated/level_{n}": float(c) for n, c in zip(LEVEL_NAMES, t) if c > 0})
+        return out
 
 
 class LossBreakdown:

@@ -67,13 +67,47 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def save_grid(images: torch.Tensor, rows: int, cols: int, path: str | Path, pad: int = 2) -> Path:
-    """Images (row-major) into one PNG grid."""
+def save_grid(images: torch.Tensor, rows: int, cols: int, path: str | Path, pad: int = 2,
+              labels: list[str] | None = None, row_labels: list[str] | None = None, min_cell: int = 128) -> Path:
+    """Images (row-major) into one PNG grid. Small images are enlarged (nearest neighbour, whole
+    multiples) to about `min_cell` pixels so that a person can see them; `labels` puts a text under
+    each image, `row_labels` one under each row (e.g. the prompt a row of seeds was drawn for)."""
+    from PIL import ImageDraw, ImageFont
+
     h, w = images.shape[-2:]
-    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (128, 128, 128))
+    zoom = max(1, min_cell // max(h, w))
+    cw, ch = w * zoom, h * zoom
+    font = ImageFont.load_default()
+    chars = max(8, (cw - 4) // 6)  # the default bitmap font is ~6 px wide
+    line_h = 11
+
+    def wrap(text: str, width: int) -> list[str]:
+        lines, cur = [], ""
+        for word in text.split():
+            if cur and len(cur) + 1 + len(word) > width:
+                lines.append(cur)
+                cur = word
+            else:
+                cur = f"{cur} {word}".strip()
+        return [*lines, cur][:4] if cur or lines else []
+
+    cell_text = [wrap(t, chars) for t in labels] if labels else []
+    row_chars = max(8, (cols * (cw + pad) - 4) // 6)
+    row_text = [wrap(t, row_chars) for t in row_labels] if row_labels else []
+    under_cell = (max((len(t) for t in cell_text), default=0) * line_h + 2) if cell_text else 0
+    under_row = (max((len(t) for t in row_text), default=0) * line_h + 2) if row_text else 0
+    row_h = ch + under_cell + under_row + pad
+    grid = Image.new("RGB", (cols * (cw + pad) + pad, rows * row_h + pad), (128, 128, 128))
+    draw = ImageDraw.Draw(grid)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        grid.paste(to_pil(image), (pad + c * (w + pad), pad + r * (h + pad)))
+        x, y = pad + c * (cw + pad), pad + r * row_h
+        grid.paste(to_pil(image).resize((cw, ch), Image.NEAREST), (x, y))
+        for k, text in enumerate(cell_text[i] if i < len(cell_text) else []):
+            draw.text((x + 1, y + ch + 1 + k * line_h), text, fill=(255, 255, 255), font=font)
+    for r, lines in enumerate(row_text[:rows]):
+        for k, text in enumerate(lines):
+            draw.text((pad + 1, pad + r * row_h + ch + under_cell + 1 + k * line_h), text, fill=(255, 255, 255), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")

@@ -35,7 +35,7 @@ from .data import LoaderPosition, ShardLoader
 from .deepspeed_config import deepspeed_config
 from .ema import EMA
 from .guard import GuardedAdamW
-from .metrics import LossBreakdown, RunLog, peak_memory_mb
+from .metrics import LossBreakdown, RunLog, TruncationCount, peak_memory_mb
 from .sampling import Pipeline, save_grid
 
 log = logging.getLogger("trainer")
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig) -> dict:
                          sync=from_rank0, keys_dir=str(run_dir / "keys") if cfg.data.log_keys else None)
     batches = iter(loader)
     runlog = RunLog(run_dir, rank, cfg.log.tensorboard)
-    breakdown = LossBreakdown()
+    breakdown, truncations = LossBreakdown(), TruncationCount()
     pipeline = Pipeline(ema.model, encoder, codec, edm, (cfg.data.resolution, cfg.data.resolution), device)
     grid_prompts = sample_prompts(cfg, loader)
 
@@ -182,7 +182,8 @@ def train(cfg: TrainConfig) -> dict:
         seeds = cfg.sample.seeds
         prompts = [p for p in grid_prompts for _ in seeds]
         images_ = pipeline.generate(prompts, seeds * len(grid_prompts), cfg.sample.steps, cfg.sample.guidance)
-        path = save_grid(images_, len(grid_prompts), len(seeds), run_dir / "samples" / f"step_{at_step:08d}.png")
+        path = save_grid(images_, len(grid_prompts), len(seeds), run_dir / "samples" / f"step_{at_step:08d}.png",
+                         row_labels=grid_prompts)
         (run_dir / "samples" / "prompts.json").write_text(json.dumps({"rows": grid_prompts, "seeds": seeds}, indent=1))
         return path
 
@@ -203,7 +204,9 @@ def train(cfg: TrainConfig) -> dict:
         for micro_step in range(accum):
             batch = next(batches)
             with torch.no_grad():
-                text = encoder(batch.captions, layers=text_layers)
+                budgets = [cfg.data.level_tokens.get(level, text_cfg.max_tokens) for level in batch.levels]
+                text = encoder(batch.captions, max_tokens=budgets, layers=text_layers)
+                truncations.add(batch.levels, text.lengths, text.budgets)
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
             g = noise_generator(cfg.seed, step, rank, micro_step, device)
             losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], generator=g)
@@ -225,6 +228,7 @@ def train(cfg: TrainConfig) -> dict:
         if step % cfg.log.every_steps == 0 or step == cfg.steps:
             now = time.perf_counter()
             values = breakdown.reduce()
+            values.update(truncations.reduce())
             values.update({
                 "images": images, "lr": scheduler.get_last_lr()[0], "grad_norm": optimizer.last.get("grad_norm", 0.0),
                 "images_per_s": (images - last_images) / (now - last_t),

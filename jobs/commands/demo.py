@@ -36,11 +36,13 @@ def _free_port() -> int:
 @dataclass
 class DemoSettings:
     workdir: str = "demo"  # where every artifact goes
-    n: int = 200  # URL rows in the synthetic corpus
+    n: int = 2000  # URL rows in the synthetic corpus
     seed: int = 0  # corpus seed
+    max_groups: int = 2  # groups of same-coloured shapes per scene (1..3)
+    text_probability: float = 0.0  # chance that a scene also contains a word
     vlm: str | None = None  # a local VLM folder (e.g. Qwen2-VL-2B-Instruct) instead of the tiny random one
     caption_config: str = "embedded"  # caption profile (embedded, production) or a YAML file
-    train_steps: int = 300  # training steps
+    train_steps: int = 1100  # training steps
     train_config: str = "demo"  # a train profile (demo, small, ...) or a YAML file
     train: dict = field(default_factory=dict)  # any training setting, e.g. train.model.dit.depth=12
     eval_prompts: int = 20  # held-out prompts per benchmark category
@@ -69,8 +71,8 @@ def _demo(args: argparse.Namespace) -> int:
     port = _free_port()
     dataset = work / "dataset"
     print(f"[1/{STEPS}] synthetic scenes corpus: {args.n} URL rows -> {corpus}")
-    make_corpus(corpus, CorpusConfig(n=args.n, seed=args.seed, faults=0.05, duplicates=0.03,
-                                     base_url=f"http://127.0.0.1:{port}"))
+    make_corpus(corpus, CorpusConfig(n=args.n, seed=args.seed, faults=0.05, duplicates=0.03, max_groups=args.max_groups,
+                                     text_probability=args.text_probability, base_url=f"http://127.0.0.1:{port}"))
     with ScenesServer(corpus) as server:
         urls = pq.read_table(corpus / "urls.parquet").column("URL").to_pylist()
         ok = sum(requests.get(u, timeout=10).ok for u in urls[:20])
@@ -90,6 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
     report = verify_dataset(str(dataset))
     print(f"dataset verify: {'ok' if report.ok else 'PROBLEMS: ' + str(report.problems[:3])}")
     _caption(work, corpus, dataset, args)
+    _stop_ray()  # the local instance of curation and captions would take CPU from the trainer
     run_dir = _train(work, dataset, args)
     evaluation = _sample_and_eval(work, run_dir, args)
     dashboard = _stats_and_dashboard(work, dataset)
@@ -98,8 +101,12 @@ def _demo(args: argparse.Namespace) -> int:
           f"\n  statistics    {dataset / 'stats' / 'summary.json'}"
           f"\n  dashboard     {dashboard}  (offline; or live: deepfusion dashboard {dataset})"
           f"\n  training run  {run_dir}  (checkpoints/, metrics.jsonl, tensorboard/, samples/)"
-          f"\n  sample grid   {evaluation['samples_grid']['path']}  (held-out prompts, a row per category)"
           f"\n  eval report   {evaluation['written']}")
+    from jobs.eval_scenes import format_report
+
+    print(f"\nprompt following of the trained model on held-out prompts:\n{format_report(evaluation)}")
+    print(f"\nsample grid: {evaluation['samples_grid']['path']}\n  (a row per category, each image labelled with its "
+          "prompt; + followed, - not, by the analyser)")
     return 0 if report.ok else 1
 
 
@@ -129,6 +136,13 @@ def _caption(work: Path, corpus: Path, dataset: Path, args: argparse.Namespace) 
     for version in ("reference", vlm_version):
         print(format_qa(caption_qa(str(dataset), version, str(corpus))))
     print(format_stats(caption_stats(str(dataset), vlm_version)))
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _die_with_parent() -> None:
@@ -168,11 +182,11 @@ def _train(work: Path, dataset: Path, args) -> Path:
 
 
 def _sample_and_eval(work: Path, run_dir: Path, args: argparse.Namespace) -> dict:
-    from jobs.eval_scenes import EvalConfig, evaluate, format_report
+    from jobs.eval_scenes import EvalConfig, evaluate
 
     print(f"[7/{STEPS}] samples for held-out prompts and the prompt-following benchmark (eval scenes)", flush=True)
     report = evaluate(str(run_dir), EvalConfig(per_category=args.eval_prompts, seeds=[0], steps=16), work / "eval")
-    print(format_report(report))
+    print(f"  wrote {report['written']} (the table is repeated at the end)")
     return report
 
 

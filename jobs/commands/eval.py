@@ -11,11 +11,14 @@ examples:
   deepfusion eval scenes runs/train-small "categories=[colour,count]" steps=50 guidance=4.5
   deepfusion eval scenes reference_only=true size=64x64        # the analyser's ceiling and chance only
 
-Categories: colour, rgb (exact values), shape, count, position (left/right/above/below) and
-binding (which colour goes with which shape). Each image is scored by a deterministic pixel
-analyser calibrated on ground-truth renders at the checkpoint's resolution; every report also
-shows the analyser on ground-truth renders (the ceiling) and chance (prompts judged against the
-other prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
+Categories: colour, shape, count, position (left/right/above/below) and binding (which colour
+goes with which shape; prompts in attribute-swap pairs, also scored as pairs); rgb (exact values)
+and shape_colourless are outside the training captions' distribution and reported apart from the
+mean. Position and binding are also scored conditional on both objects being found. Each image is
+scored by a deterministic pixel analyser calibrated on ground-truth renders at the checkpoint's
+resolution; every report also shows the model's samples for the empty prompt (unconditional), the
+analyser on ground-truth renders (the ceiling) and chance (prompts judged against the other
+prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
 
 
 def _scenes(args: argparse.Namespace) -> int:
