@@ -98,9 +98,11 @@ def summarise(specs: list[Spec], hits: list[bool], found: list[bool] | None = No
     return out
 
 
-def score(specs: list[Spec], facts: list[list[Fact]], pair_keys: list | None = None) -> dict:
-    """Every spec against the facts of its image (same order), through one checker."""
-    hits = [check(s, f) for s, f in zip(specs, facts)]
+def score(specs: list[Spec], facts: list[list[Fact]], pair_keys: list | None = None,
+          hits: list[bool] | None = None) -> dict:
+    """Every spec against the facts of its image (same order), through one checker (`hits`:
+    the checker's answers when the caller already has them)."""
+    hits = hits if hits is not None else [check(s, f) for s, f in zip(specs, facts)]
     found = [both_found(s, f) if s.category in TWO_OBJECTS else False for s, f in zip(specs, facts)]
     return summarise(specs, hits, found, pair_keys if pair_keys is not None else [s.pair for s in specs])
 
@@ -155,15 +157,16 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     model_facts, uncond_facts = facts[: len(runs)], facts[len(runs):]
     run_specs = [s for s, _ in runs]
     pair_keys = [None if s.pair is None else (s.pair, seed) for s, seed in runs]
-    model = score(run_specs, model_facts, pair_keys)
+    hits = [check(s, f) for s, f in zip(run_specs, model_facts)]
+    model = score(run_specs, model_facts, pair_keys, hits)
     report = {
         "checkpoint": str(checkpoint), "resolution": [w, h], "config": cfg.__dict__,
         "calibration": calib.to_dict(), "model": model,
         # the empty prompt's samples in place of each prompt's: image k of the runs -> uncond k mod n
         "unconditional": score(run_specs, [uncond_facts[k % n_uncond] for k in range(len(runs))], pair_keys),
         "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs),
-        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": check(s, f)}
-                     for (s, seed), f in zip(runs, model_facts)],
+        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit}
+                     for (s, seed), hit in zip(runs, hits)],
     }
     if out is not None:
         out = Path(out)
@@ -172,13 +175,13 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
         for c in categories:
             idx = [i for i, (s, _) in enumerate(runs) if s.category == c][: 8 * cols]
             save_grid(images[idx], len(idx) // cols, cols, out / f"grid_{c}.png",
-                      labels=[_label(runs[i], report) for i in idx])
+                      labels=[_label(runs[i][0], hits[i]) for i in idx])
         # one overview: a row per category, its first prompts at the first seed
         per_row = min(6, cfg.per_category)
         rows = [[i for i, (s, seed) in enumerate(runs) if s.category == c and seed == cfg.seeds[0]][:per_row]
                 for c in categories]
         cells = [i for row in rows for i in row]
-        save_grid(images[cells], len(rows), per_row, out / "samples.png", labels=[_label(runs[i], report) for i in cells])
+        save_grid(images[cells], len(rows), per_row, out / "samples.png", labels=[_label(runs[i][0], hits[i]) for i in cells])
         report["samples_grid"] = {"path": str(out / "samples.png"),
                                   "rows": [[runs[i][0].prompt for i in row] for row in rows]}
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -186,10 +189,8 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     return report
 
 
-def _label(run: tuple[Spec, int], report: dict) -> str:
-    spec, seed = run
-    hit = next(e["followed"] for e in report["examples"] if e["prompt"] == spec.prompt and e["seed"] == seed)
-    return f"{'+' if hit else '-'} {spec.prompt}"
+def _label(spec: Spec, followed: bool) -> str:
+    return f"{'+' if followed else '-'} {spec.prompt}"
 
 
 ROWS = (("model", "model"), ("unconditional", "unconditional"), ("ground truth", "ground_truth"), ("chance", "chance"))
