@@ -7,6 +7,9 @@ Routes (the URL says what happens, so a URL list fixes the faults of a run):
     /fault/<name>/<scene>.<ext>   the fault <name> of faults.FAULTS
     /health, /stats               liveness; request counts per route (for tests)
 
+`ScenesServer.hold()` makes the image routes wait until `release()` (health and stats still
+answer): a test can stop a job at "requests sent, nothing answered yet" without racing it.
+
 Built on aiohttp: one event loop serves thousands of requests a second and holds slow or hung
 connections without a thread each, so the server is not what limits a download benchmark. Run
 several processes on one port with `workers` (SO_REUSEPORT) when one core is not enough.
@@ -66,6 +69,15 @@ def make_app(folder: str | Path, hang_seconds: float = 30.0, drip_interval: floa
     folder = Path(folder).resolve()
     images = SceneImages(folder)
     stats: collections.Counter = collections.Counter()
+    gate = asyncio.Event()
+    gate.set()
+
+    @web.middleware
+    async def held(request: web.Request, handler):
+        if request.path not in ("/health", "/stats"):
+            stats["arrived"] += 1
+            await gate.wait()
+        return await handler(request)
 
     async def image(request: web.Request) -> web.Response:
         stats["images"] += 1
@@ -127,7 +139,9 @@ def make_app(folder: str | Path, hang_seconds: float = 30.0, drip_interval: floa
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response(dict(stats))
 
-    app = web.Application()
+    app = web.Application(middlewares=[held])
+    app["gate"] = gate
+    app["stats"] = stats
     app.add_routes(
         [
             web.get("/images/{name}", image),
@@ -188,6 +202,17 @@ class ScenesServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+
+    def hold(self) -> None:
+        """Image requests wait (unanswered) from now until `release()`."""
+        self._loop.call_soon_threadsafe(self.app["gate"].clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self.app["gate"].set)
+
+    def requests_arrived(self) -> int:
+        """Image requests received so far, answered or held."""
+        return self.app["stats"]["arrived"]
 
     def __enter__(self) -> "ScenesServer":
         return self.start()

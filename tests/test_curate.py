@@ -158,10 +158,15 @@ def test_kill9_at_any_point_then_resume_loses_and_duplicates_nothing(tmp_path):
     root = tmp_path / "ds"
     extra = ("shard_size=20",)
     try:
-        # 1: killed while img2dataset downloads the first shards (nothing committed yet)
+        # 1: killed while img2dataset downloads the first shards: the server holds its answers,
+        # so nothing can be committed yet (without the hold a fast machine finished a shard
+        # between two polls)
+        server.hold()
         proc = _curate_process(corpus, root, *extra)
-        _kill_when(proc, lambda: any((root / "_work").glob("download/*/input.arrow")))
+        _kill_when(proc, lambda: any((root / "_work").glob("download/*/input.arrow"))
+                   and server.requests_arrived() > 0)
         assert _committed(root) == 0
+        server.release()
         # 2: killed just after the first commit (later shards mid-download or mid-filter)
         proc = _curate_process(corpus, root, *extra)
         _kill_when(proc, lambda: _committed(root) >= 1)

@@ -216,3 +216,17 @@ def test_duplicates_and_near_duplicates(served):
     assert requests.get(f"{server.url}/images/..%2fcorpus.json", timeout=5).status_code == 404
     stats = requests.get(f"{server.url}/stats", timeout=5).json()
     assert stats["dup"] >= 1 and stats["near"] >= 1
+
+
+def test_hold_keeps_image_requests_unanswered_until_release(served):
+    server, scene_id, _ = served
+    before = server.requests_arrived()
+    server.hold()
+    try:
+        assert requests.get(f"{server.url}/health", timeout=5).ok  # liveness still answers
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(f"{server.url}/images/{scene_id}.png", timeout=0.5)
+        assert server.requests_arrived() == before + 1
+    finally:
+        server.release()
+    assert requests.get(f"{server.url}/images/{scene_id}.png", timeout=5).ok
