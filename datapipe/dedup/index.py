@@ -26,6 +26,31 @@ import numpy as np
 ROWS_PER_SHARD = 10**6  # keys are <shard, 6 digits><row, 6 digits>
 
 
+class GrowingOrders:
+    """The input orders of a faiss index's rows, by faiss id: appended per shard, read per query.
+
+    A buffer that doubles when full, so n appends cost O(n) copying in all, however inserts and
+    queries interleave (re-concatenating per insert copied the whole array every shard: minutes
+    at 10M rows)."""
+
+    def __init__(self):
+        self._buffer = np.zeros(1024, np.int64)
+        self._n = 0
+
+    def append(self, orders) -> None:
+        orders = np.asarray(orders, np.int64)
+        if self._n + len(orders) > len(self._buffer):
+            grown = np.zeros(max(2 * len(self._buffer), self._n + len(orders)), np.int64)
+            grown[: self._n] = self._buffer[: self._n]
+            self._buffer = grown
+        self._buffer[self._n : self._n + len(orders)] = orders
+        self._n += len(orders)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._buffer[: self._n]
+
+
 def order_of(key: str) -> int:
     return int(key)
 
@@ -50,7 +75,7 @@ class PartitionIndex:
         self.sha: dict[bytes, int] = {}
         self.tombstones: set[int] = set()
         self.phash = None
-        self.phash_orders = np.zeros(0, np.int64)
+        self.phash_orders = GrowingOrders()
         if phash_bits:
             bits_per = phash_bits // phash_segments
             if bits_per < 1 or bits_per > 64:
@@ -59,7 +84,7 @@ class PartitionIndex:
             self.phash = faiss.IndexBinaryMultiHash(phash_bits, phash_segments, bits_per)
             self.phash.nflip = phash_flips
         self.clip = None
-        self.clip_orders = np.zeros(0, np.int64)
+        self.clip_orders = GrowingOrders()
         self.clip_dim, self.clip_nprobe = clip_dim, clip_nprobe
         if clip_centroids is not None:
             self.set_centroids(clip_centroids)
@@ -87,13 +112,13 @@ class PartitionIndex:
             if self.phash is None:
                 raise ValueError("perceptual hashes inserted into a partition without a phash index")
             self.phash.add(np.ascontiguousarray(codes, np.uint8))
-            self.phash_orders = np.concatenate([self.phash_orders, np.asarray(orders, np.int64)])
+            self.phash_orders.append(orders)
         if rows.get("clip") is not None and len(rows["clip"][0]):
             orders, emb = rows["clip"]
             if self.clip is None:
                 raise ValueError("CLIP embeddings inserted before the partition has its centroids")
             self.clip.add(np.ascontiguousarray(emb, np.float32))
-            self.clip_orders = np.concatenate([self.clip_orders, np.asarray(orders, np.int64)])
+            self.clip_orders.append(orders)
 
     def tombstone(self, orders) -> None:
         self.tombstones.update(int(o) for o in orders)
@@ -111,7 +136,7 @@ class PartitionIndex:
         if self.phash is None or not len(codes) or self.phash.ntotal == 0:
             return [[] for _ in range(len(codes))]
         lims, dist, ids = self.phash.range_search(np.ascontiguousarray(codes, np.uint8), radius + 1)
-        return self._collect(lims, dist.astype(np.int64), ids, self.phash_orders, before, len(codes))
+        return self._collect(lims, dist.astype(np.int64), ids, self.phash_orders.array, before, len(codes))
 
     def query_clip(self, emb: np.ndarray, threshold: float, before: int) -> list[list[tuple[float, int]]]:
         """Per query: [(-cosine, order)] of stored embeddings with cosine >= threshold."""
@@ -119,7 +144,7 @@ class PartitionIndex:
             return [[] for _ in range(len(emb))]
         # faiss returns similarities > radius for inner product
         lims, sims, ids = self.clip.range_search(np.ascontiguousarray(emb, np.float32), float(threshold) - 1e-6)
-        return self._collect(lims, -sims.astype(np.float64), ids, self.clip_orders, before, len(emb))
+        return self._collect(lims, -sims.astype(np.float64), ids, self.clip_orders.array, before, len(emb))
 
     def _collect(self, lims, scores, ids, orders, before, n):
         found = orders[ids] if len(ids) else np.zeros(0, np.int64)
