@@ -9,10 +9,13 @@ Each contender runs as a fresh process, timed from launch to exit (start-up incl
   img2dataset/decode the same, but resize_mode "no": OpenCV decodes (validates) every image
   ours/off           deepfusion curate, filters off: decode.enabled=false (header only), no dedup
   ours/validate      + the decode stage (full decode, modes, size filters), no dedup
-  ours/default       the embedded profile (adds sha256 + perceptual-hash dedup)
+  ours/default       + sha256 + perceptual-hash dedup (the distributed index actors)
+  ours/nsfw          the embedded profile as shipped: + the open_nsfw score of every kept image
   ours/clip          + CLIP ViT-B-32 embedding (random weights: same compute as real ones) and 3
                      heads, on the first --clip-n URLs (it is ~100x slower on a CPU)
-and prints images/s, the ratio to img2dataset, and images/s per core.
+and prints images/s, the ratio to img2dataset, and images/s per core; for our runs also what the
+driver spent (CPU-seconds and bytes received per 1,000 rows, from the run log the job writes) and
+the driver cores a 100-node cluster would need at this per-node rate.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def main() -> None:
         ours = [sys.executable, "-m", "jobs.curate", "--config", "embedded", f"input.paths=[{urls}]",
                 f"shard_size={args.shard_size}", f"download.threads={args.threads}", "progress=false",
                 f"download.url_policy.allow=[127.0.0.1:{port}]"]  # the policy refuses loopback otherwise
-        nodedup = ["dedup.sha256=false", "dedup.phash_distance=null", "decode.phash=false"]
+        nonsfw = ["nsfw.enabled=false"]
+        nodedup = nonsfw + ["dedup.sha256=false", "dedup.phash_distance=null", "decode.phash=false"]
         off = nodedup + ["decode.enabled=false"]
         clip = ["clip.enabled=true", "clip.allow_random_init=true", "clip.model=ViT-B-32", "clip.batch_size=32"]
         clip += [f"clip.{h}.weights={work / (h + '.safetensors')}" for h in ("aesthetic", "nsfw", "watermark")]
@@ -108,15 +112,16 @@ def main() -> None:
                                    str(args.threads), str(args.shard_size), "decode"],
             "ours/off": ours + [f"output={work / 'off'}"] + off,
             "ours/validate": ours + [f"output={work / 'validate'}"] + nodedup,
-            "ours/default": ours + [f"output={work / 'default'}"],
+            "ours/default": ours + [f"output={work / 'default'}"] + nonsfw,
+            "ours/nsfw": ours + [f"output={work / 'nsfw'}"],
         }
         if args.clip_n:
             import pyarrow.parquet as pq
 
             pq.write_table(pq.read_table(urls).slice(0, args.clip_n), work / "clip-urls.parquet")
             runs["ours/clip"] = [c.replace(str(urls), str(work / "clip-urls.parquet")) for c in ours] + \
-                [f"output={work / 'clip'}"] + clip
-        results = {}
+                [f"output={work / 'clip'}"] + clip + nonsfw
+        results, drivers = {}, {}
         for name, cmd in runs.items():
             seconds = timed(cmd, env)
             if name.startswith("img2dataset"):
@@ -125,6 +130,8 @@ def main() -> None:
                 images = sum(s["successes"] for s in stats)
             else:
                 images = count_samples(work / name.split("/")[1])
+                log = sorted((work / name.split("/")[1] / "logs").glob("curate-*.json"))[-1]
+                drivers[name] = json.loads(log.read_text())["driver"]
             results[name] = (images, seconds)
             print(f"{name:18s} {images:6d} images in {seconds:6.1f} s = {images / seconds:7.1f} img/s", flush=True)
     finally:
@@ -139,6 +146,14 @@ def main() -> None:
     for name, (images, seconds) in results.items():
         rate = images / seconds
         print(f"  {name:18s} {rate:7.1f} img/s  {rate / base:5.2f}x img2dataset  {rate / base_decode:5.2f}x img2dataset/decode  {rate / cores:6.1f} img/s per core")
+    print("\ndriver (the job's own accounting; the driver never receives image bytes):")
+    for name, d in drivers.items():
+        images, seconds = results[name]
+        rows_per_s = args.n / seconds  # input rows per second on this one node
+        cores_at_100 = d["cpu_s_per_1000_rows"] / 1000 * rows_per_s * 100
+        print(f"  {name:18s} {d['cpu_s_per_1000_rows']:7.3f} CPU-s and {d['bytes_per_1000_rows']:8d} bytes per 1,000 rows; "
+              f"100 nodes at {rows_per_s:.0f} rows/s each: {cores_at_100:5.2f} driver cores, "
+              f"{d['bytes_per_1000_rows'] / 1000 * rows_per_s * 100 / 1e6:6.2f} MB/s into it")
 
 
 if __name__ == "__main__":

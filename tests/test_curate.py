@@ -114,6 +114,11 @@ def test_every_fault_is_accounted_for_and_a_rerun_is_a_no_op(tmp_path, artifacts
     assert report.ok, report.problems
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["lineage"]["curate"]["inputs"] == [str(corpus / "urls.parquet")]
+    # the embedded default scores every kept image with open_nsfw and says which model did it
+    nsfw = manifest["lineage"]["curate"]["models"]["nsfw"]
+    assert nsfw["model"] == "open_nsfw" and len(nsfw["file_sha256"]) == 64 and nsfw["threshold"] is None
+    scores = [s["nsfw"] for s in samples.values()]
+    assert scores and all(0.0 <= v <= 1.0 for v in scores) and len(set(scores)) > 1
     assert not (root / "_work").exists()
 
     # the same command again: nothing to do, nothing changes

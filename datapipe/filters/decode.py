@@ -4,8 +4,8 @@ For each downloaded row: read the header (decompression-bomb guard before any pi
 decode, apply EXIF orientation, normalise to 8-bit RGB (CMYK, 16-bit, palette, alpha over white,
 first frame of an animation), reject too small / too elongated originals, downscale past
 `max_side`, and keep the original bytes whenever none of that changed a pixel. While the pixels are
-at hand it also computes the perceptual hash and the CLIP-sized copy the embedding stage needs,
-so no later stage decodes again.
+at hand it also computes the perceptual hash and the copies the CLIP and NSFW models read, so no
+later stage decodes again.
 """
 
 from __future__ import annotations
@@ -83,10 +83,11 @@ def load_plugins(specs: list[str]) -> None:
 class DecodeStage:
     """Decodes blocks of ROW_SCHEMA rows (a shard task calls it on each block it downloaded)."""
 
-    def __init__(self, cfg: DecodeConfig, clip_size: int | None = None, resize: bool = True):
+    def __init__(self, cfg: DecodeConfig, clip_size: int | None = None, resize: bool = True, nsfw: bool = False):
         load_plugins(cfg.plugins)
         self.cfg = cfg
         self.clip_size = clip_size
+        self.nsfw = nsfw  # cut open_nsfw's view too (datapipe/filters/nsfw.py)
         self.resize = resize  # resize_mode keep: our stage enforces max_side
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -168,6 +169,10 @@ class DecodeStage:
             row["phash"] = str(imagehash.phash(rgb, hash_size=cfg.phash_size))
         if self.clip_size:
             row["clip_pixels"] = clip_view(rgb, self.clip_size)
+        if self.nsfw:
+            from .nsfw import nsfw_view
+
+            row["nsfw_pixels"] = nsfw_view(rgb)
         return row
 
 
