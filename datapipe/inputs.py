@@ -157,3 +157,21 @@ def iter_shards(cfg: InputConfig, shard_size: int) -> Iterator[InputShard]:
             pending, pending_rows = rest.to_batches(), rest.num_rows
     if pending_rows:
         yield cut(pa.Table.from_batches(pending), number)
+
+
+def locate_row(cfg: InputConfig, files: list[str], index: int) -> tuple[str, int] | None:
+    """(file, row within the file) of input row `index` (0-based, across `files` in plan order), or
+    None when the files no longer hold that many rows. Parquet files are counted from their
+    metadata; text formats are streamed up to the file that holds the row."""
+    seen = 0
+    for path in files:
+        fmt = _format_of(path, cfg.format)
+        if fmt == "parquet" and not path.endswith(".gz"):
+            with fsspec.open(path, "rb") as f:
+                n = pq.ParquetFile(f).metadata.num_rows
+        else:
+            n = sum(b.num_rows for b in _raw_batches(path, fmt, cfg.batch_rows))
+        if index < seen + n:
+            return path, index - seen
+        seen += n
+    return None

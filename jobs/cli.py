@@ -16,12 +16,12 @@ from common import compat
 compat.install()  # also done by the venv's .pth file; harmless twice, needed if run elsewhere
 
 from jobs import caption, curate, stats  # noqa: E402
-from jobs.commands import dashboard, dataset, demo, model, quality, scenes, train  # noqa: E402
+from jobs.commands import dashboard, dataset, demo, model, quality, scenes, trace, train  # noqa: E402
 from jobs.commands import eval as eval_  # noqa: E402
 from jobs.errors import CommandError  # noqa: E402
 from jobs.grammar import normalize  # noqa: E402
 
-GROUPS = [demo, scenes, curate, caption, quality, stats, dashboard, dataset, model, train, eval_]
+GROUPS = [demo, scenes, curate, caption, quality, stats, dashboard, dataset, trace, model, train, eval_]
 
 DESCRIPTION = """\
 deepfusion turns image URL lists into a trained deep-fusion text-to-image model:
@@ -36,6 +36,7 @@ on its own. Start with the synthetic scenes corpus, which comes with its own fau
   deepfusion scenes make /tmp/scenes n=200 faults=0.1
   deepfusion scenes serve /tmp/scenes &
   deepfusion dataset verify /path/to/dataset
+  deepfusion trace /path/to/dataset KEY_OR_URL     # what happened to one row
 """
 
 

@@ -33,6 +33,8 @@ from .corpus import load_corpus_info
 from .faults import FAULTS
 from .variants import ENCODINGS
 
+GATE = web.AppKey("gate", asyncio.Event)
+STATS = web.AppKey("stats", collections.Counter)
 HTML_PAGE = b"<!doctype html><html><body><h1>Sign in to see this image</h1></body></html>"
 
 
@@ -140,8 +142,8 @@ def make_app(folder: str | Path, hang_seconds: float = 30.0, drip_interval: floa
         return web.json_response(dict(stats))
 
     app = web.Application(middlewares=[held])
-    app["gate"] = gate
-    app["stats"] = stats
+    app[GATE] = gate
+    app[STATS] = stats
     app.add_routes(
         [
             web.get("/images/{name}", image),
@@ -205,14 +207,14 @@ class ScenesServer:
 
     def hold(self) -> None:
         """Image requests wait (unanswered) from now until `release()`."""
-        self._loop.call_soon_threadsafe(self.app["gate"].clear)
+        self._loop.call_soon_threadsafe(self.app[GATE].clear)
 
     def release(self) -> None:
-        self._loop.call_soon_threadsafe(self.app["gate"].set)
+        self._loop.call_soon_threadsafe(self.app[GATE].set)
 
     def requests_arrived(self) -> int:
         """Image requests received so far, answered or held."""
-        return self.app["stats"]["arrived"]
+        return self.app[STATS]["arrived"]
 
     def __enter__(self) -> "ScenesServer":
         return self.start()

@@ -14,7 +14,7 @@ from datapipe.contract import Storage
 from jobs.dashboard import DashboardServer, export_html
 from jobs.dashboard.page import json_for_script, plotly_js
 from jobs.statistics import load_stats_config, run_stats
-from scenes.stats_dataset import PAYLOADS, make_dataset, write_shard
+from scenes.stats_dataset import PAYLOADS, make_dataset, write_captions, write_shard
 
 CHROMIUM = os.environ.get("DEEPFUSION_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -77,23 +77,67 @@ def check_page(page, n_images: int) -> None:
     assert PAYLOADS[2] in page.locator("#rejects").inner_text() or PAYLOADS[2] in gallery_text
     # javascript: URLs are never links
     assert page.locator("a[href^='javascript']").count() == 0
+    # the rejects explorer lists every stage/reason with examples; its reason buttons filter the table
+    explorer = page.locator("#rejects-explorer tbody tr")
+    assert explorer.count() >= 3
+    first = explorer.first
+    reason = first.get_attribute("data-reason")
+    first.locator("button[data-filter]").click()
+    assert page.locator("#reject-filter").input_value() == reason
+    assert page.locator("#rejects tbody tr").count() == int(first.locator("td").nth(2).inner_text())
+    page.select_option("#reject-filter", "")
+
+
+def check_partial_version(page, keys: list[str]) -> None:
+    """A version covering a few rows of one shard shows exactly those rows, captioned, and says so."""
+    page.select_option("#gallery-version", "partial")
+    tiles = page.locator(".gallery .item")
+    assert [tiles.nth(i).get_attribute("data-key") for i in range(tiles.count())] == keys
+    for i in range(tiles.count()):
+        assert "partial: ok" in tiles.nth(i).inner_text() and "(no caption)" not in tiles.nth(i).inner_text()
+    assert page.locator("#gallery-note").inner_text().startswith("5 of ")
+
+
+def check_trace(page, key: str, url: str) -> None:
+    """The search box: a key, then a URL, shows the row's trace in the page (as text)."""
+    page.fill("#trace-q", key)
+    page.click("#trace-go")
+    page.wait_for_function(f"() => document.body.dataset.traced === {json.dumps(key)}")
+    text = page.locator("#trace-out").inner_text()
+    assert f"{key}: sample" in text and "captions  v1" in text, text
+    page.fill("#trace-q", url)
+    page.press("#trace-q", "Enter")
+    page.wait_for_function(f"() => document.body.dataset.traced === {json.dumps(url)}")
+    assert f"{key}: sample" in page.locator("#trace-out").inner_text()
+    assert page.evaluate("() => window.__pwned") is None and page.locator("#trace-out *").count() == 0
 
 
 def test_dashboard_live_in_chromium_refreshes_as_shards_arrive(tmp_path, browser, artifacts_dir):
     root = tmp_path / "ds"
-    make_dataset(str(root), shards=3, rows_per_shard=30)
+    keys = make_dataset(str(root), shards=3, rows_per_shard=30)
+    write_captions(Storage(str(root)), "partial", {"000001": keys["000001"][4:9]}, seed=7)  # 5 rows of one shard
     run_stats(load_stats_config(None, [f"root={root}"]), progress=False)
     server = DashboardServer(str(root), port=0, refresh_s=0.5, stats_every=0.5).start()
     try:
         page = open_page(browser, server.url)
         check_page(page, n_images=6)
+        assert page.locator("#gallery-version").input_value() == "v1-fix"  # the most complete version
+        check_partial_version(page, keys["000001"][4:6])
+        check_trace(page, keys["000002"][3], f"https://img.example.com/000002/{int(keys['000002'][3][6:])}.png")
+        # a hostile query is answered as text; an unknown key says so
+        page.fill("#trace-q", "<img src=x onerror=\"window.__pwned='trace'\">")
+        page.click("#trace-go")
+        page.wait_for_function("() => document.body.dataset.traced.startsWith('<img')")
+        assert "no committed row has this URL" in page.locator("#trace-out").inner_text()
+        assert page.evaluate("() => window.__pwned") is None
         first = page.locator("body").get_attribute("data-rendered")
         assert page.locator("#headline .card .value").first.inner_text() == "3"
         page.select_option("#gallery-version", "v1")
         assert page.locator(".gallery .item").first.inner_text().count("v1: ") == 1
         page.screenshot(path=str(artifacts_dir / "dashboard-live.png"), full_page=True)
 
-        write_shard(Storage(str(root)), 3, 30, seed=5)  # a curation job commits a shard
+        new = write_shard(Storage(str(root)), 3, 30, seed=5)  # a curation job commits a shard
+        write_captions(Storage(str(root)), "v1", {"000003": new}, seed=5)  # and the caption job reaches it
         page.wait_for_function(f"() => document.body.dataset.rendered !== {json.dumps(first)}", timeout=30_000)
         page.wait_for_function("() => document.querySelector('#headline .card .value').textContent === '4'",
                                timeout=30_000)
@@ -106,7 +150,7 @@ def test_dashboard_live_in_chromium_refreshes_as_shards_arrive(tmp_path, browser
 
 def test_dashboard_export_is_one_offline_file(tmp_path, browser, artifacts_dir):
     root = tmp_path / "ds"
-    make_dataset(str(root), shards=2, rows_per_shard=30)
+    keys = make_dataset(str(root), shards=2, rows_per_shard=30)
     run_stats(load_stats_config(None, [f"root={root}"]), progress=False)
     out = export_html(str(root), tmp_path / "dashboard.html")
     text = out.read_text()
@@ -114,6 +158,10 @@ def test_dashboard_export_is_one_offline_file(tmp_path, browser, artifacts_dir):
     page = open_page(browser, out.as_uri())
     check_page(page, n_images=4)
     assert page.locator("#status").inner_text() == "static export"
+    check_trace(page, keys["000001"][0], f"https://img.example.com/000001/{int(keys['000001'][0][6:])}.png")
+    page.fill("#trace-q", "000001000029")  # a row whose trace the export does not hold
+    page.click("#trace-go")
+    assert "not among the" in page.locator("#trace-out").inner_text()
     page.screenshot(path=str(artifacts_dir / "dashboard-export.png"), full_page=True)
 
 

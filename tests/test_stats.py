@@ -70,11 +70,28 @@ def test_stats_match_the_dataset_and_rerun_reads_only_new_shards(tmp_path):
     assert by_version["v1-fix"]["ok"] > by_version["v1"]["ok"]  # the overlay fixed failed rows
     assert by_version["v1-fix"]["chain"] == ["v1-fix", "v1"]
 
-    # the gallery: the first rows of each shard, newest shard first, with resolved six-level captions
+    # the gallery: the first rows of each shard, newest shard first, then each version's own tiles
+    # (the first rows it captioned ok per shard), all with resolved six-level captions
     gallery = json.loads((root / GALLERY).read_text())
-    assert [g["key"] for g in gallery] == [k for sid in sorted(keys, reverse=True) for k in keys[sid][:2]]
+    first_rows = [k for sid in sorted(keys, reverse=True) for k in keys[sid][:2]]
+    assert [g["key"] for g in gallery][: len(first_rows)] == first_rows
     assert all(g["thumb"].startswith("data:image/jpeg;base64,") for g in gallery)
     assert all(len(g["captions"]["v1-fix"]["levels"]) == 6 for g in gallery)
+    tiles = summary["gallery"]["by_version"]
+    for version in ("v1", "v1-fix"):
+        own = {sid: [r["key"] for r in pq.read_table(root / "captions" / version / f"{sid}.parquet").to_pylist()
+                     if r["status"] == "ok"] for sid in keys}
+        assert tiles[version]["keys"] == [k for sid in sorted(keys, reverse=True) for k in sorted(own[sid])[:2]]
+        assert tiles[version]["covered"] == by_version[version]["ok"]
+    assert summary["gallery"]["default_version"] == "v1-fix"  # the most complete one
+    # rejects explorer: every stage/reason with its count and a few examples, newest shard first
+    rejects_by_key = {r["key"]: (r["stage"], r["reason"]) for f in sorted((root / "rejects").glob("*.parquet"))
+                      for r in pq.read_table(f).to_pylist()}
+    explorer = {(r["stage"], r["reason"]): r for r in summary["rejects_explorer"]}
+    assert {k: r["count"] for k, r in explorer.items()} == want["reasons"]
+    for (stage, reason), r in explorer.items():
+        assert 1 <= len(r["examples"]) <= 5 and all(set(e) == {"key", "url", "detail"} for e in r["examples"])
+        assert all(rejects_by_key[e["key"]] == (stage, reason) for e in r["examples"])
 
     # a rerun reads nothing; one new shard and one new caption shard are all the next run reads
     assert stats(root)["shards_read"] == 0

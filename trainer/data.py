@@ -48,6 +48,7 @@ class PlannedSample:
     ext: str
     caption: str
     level: str  # "1".."6", "alt", or "uncond" (CFG dropout)
+    version: str = ""  # the caption version the text came from ("alt": the sidecar; "": the empty prompt)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class Planner:
                     out[row["key"]] = row
         return out
 
-    def _caption_for(self, epoch: int, row: dict, caption_row: dict | None) -> tuple[str, str] | None:
+    def _caption_for(self, epoch: int, row: dict, caption_row: dict | None) -> tuple[str, str, str] | None:
         texts = {}
         if caption_row is not None:
             texts = {str(i + 1): caption_row[c] for i, c in enumerate(LEVEL_COLUMNS)}
@@ -192,8 +193,8 @@ class Planner:
         level = rng.choices([n for n, _ in usable], weights=[w for _, w in usable])[0]
         if rng.random() < self.cfg.cfg_dropout:
             self.stats.cfg_dropped += 1
-            return "", "uncond"
-        return texts[level], level
+            return "", "uncond", ""
+        return texts[level], level, "alt" if level == "alt" else caption_row.get("version", "")
 
 
 @dataclass

@@ -12,10 +12,12 @@ examples:
   deepfusion dashboard /data/ds                 # http://127.0.0.1:8765/, refreshes as shards arrive
   deepfusion dashboard /data/ds port=0          # any free port (printed)
   deepfusion dashboard /data/ds export=ds.html  # one offline HTML file, then exit
+  deepfusion dashboard /data/ds trace_run=runs/train   # the search box's traces list training steps
 
 The page needs no network: Plotly is bundled from the installed plotly package. The server binds
 127.0.0.1 only; use an SSH tunnel to look at a remote cluster's dataset. Every dataset text is
-shown as text, never as HTML. Bundled configs: jobs/configs/dashboard/{embedded,production}.yaml."""
+shown as text, never as HTML. The search box traces one row by key or URL (`deepfusion trace`);
+an export holds the traces of the rows it shows. Bundled configs: jobs/configs/dashboard/{embedded,production}.yaml."""
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -33,10 +35,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     if cfg.run_stats:
         run_stats(load_stats_config(stats_cfg, [f"root={root}"]))
     if cfg.export:
-        out = export_html(root, cfg.export)
+        out = export_html(root, cfg.export, traces=cfg.export_traces)
         print(f"dashboard: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained, works offline)")
         return 0
-    server = DashboardServer(root, cfg.host, cfg.port, cfg.refresh_s, cfg.stats_every, stats_config=stats_cfg).start()
+    server = DashboardServer(root, cfg.host, cfg.port, cfg.refresh_s, cfg.stats_every, stats_config=stats_cfg,
+                             trace_run=cfg.trace_run).start()
     print(f"dashboard: serving {root} at {server.url} (statistics every {cfg.stats_every}s; Ctrl-C stops)", flush=True)
     try:
         while True:

@@ -16,6 +16,8 @@ class DashboardConfig:
     stats_config: str = "embedded"  # the statistics profile (or YAML file) the page re-runs
     export: str | None = None  # write the page as one self-contained offline HTML file here, then exit
     run_stats: bool = True  # run the statistics first (false: serve what stats/ already holds)
+    trace_run: str | None = None  # a training run dir: the search box's traces also list its steps
+    export_traces: int = 200  # rows whose traces an export holds (its gallery's, then reject examples)
 
     def __post_init__(self):
         if self.refresh_s <= 0:

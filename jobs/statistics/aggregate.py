@@ -30,7 +30,7 @@ from .config import StatsConfig
 
 SUMMARY = "stats/summary.json"
 GALLERY = "stats/gallery.json"
-STATS_FORMAT = 1  # bump when summary.json changes shape; the dashboard checks it
+STATS_FORMAT = 2  # bump when summary.json changes shape; the dashboard checks it
 
 
 def read_cache(storage: Storage, rels: list[str], empty: pa.Schema) -> pa.Table:
@@ -111,16 +111,30 @@ def caption_versions(con, storage: Storage, samples: int, bins: int) -> list[dic
     return out
 
 
-def gallery(con, storage: Storage, index: dict, max_images: int) -> list[dict]:
+def gallery(con, storage: Storage, index: dict, max_images: int, versions: list[dict]) -> tuple[list[dict], dict]:
+    """The gallery items (the newest shards' first rows, then each version's own picks) with every
+    version's resolved captions, and per version the keys of the tiles it shows and its coverage.
+
+    A version's tiles are rows it captioned (its own ok rows, newest shards first), so a version
+    that covers one shard, or a few rows of one, shows its captions instead of "not captioned"."""
     shards = sorted(index["samples"], reverse=True)  # the newest shards first
-    rels = [f"{CACHE}/gallery/{s}.parquet" for s in shards]
-    table = read_cache(storage, rels, pa.schema([("key", pa.string())]))
+    table = read_cache(storage, [f"{CACHE}/gallery/{s}.parquet" for s in shards], pa.schema([("key", pa.string())]))
     items = table.slice(0, max_images).to_pylist()
-    keys = [it["key"] for it in items]
-    con.register("gkeys", pa.table({"key": keys}))
+    by_key = {it["key"]: it for it in items}
+    by_version = {}
+    for v in versions:
+        version = v["version"]
+        done = sorted(index["captions"].get(version, {}), reverse=True)
+        rels = [f"{CACHE}/vgallery/{version}/{s}.parquet" for s in done]
+        picks = read_cache(storage, [r for r in rels if storage.exists(r)],
+                           pa.schema([("key", pa.string())])).slice(0, max_images).to_pylist()
+        for it in picks:
+            by_key.setdefault(it["key"], it)
+        by_version[version] = {"keys": [it["key"] for it in picks], "covered": v["ok"], "coverage": v["coverage"]}
+    items = list(by_key.values())
+    con.register("gkeys", pa.table({"key": list(by_key)}))
     for it in items:
         it["captions"] = {}
-    by_key = {it["key"]: it for it in items}
     for version in sorted(index["captions"]):
         resolve(con, storage, version)
         rows = con.execute(f"SELECT key, status, version AS source, {', '.join(LEVEL_COLUMNS)} FROM resolved "
@@ -128,7 +142,21 @@ def gallery(con, storage: Storage, index: dict, max_images: int) -> list[dict]:
         for key, status, source, *levels in rows:
             by_key[key]["captions"][version] = {"status": status, "from": source, "levels": list(levels)}
     con.unregister("gkeys")
-    return items
+    # the default: the most complete version (the newest among equals)
+    ranked = sorted(versions, key=lambda v: (v["coverage"] or 0, v["updated_at"]), reverse=True)
+    return items, {"default_version": ranked[0]["version"] if ranked else None, "by_version": by_version}
+
+
+def rejects_explorer(con, examples: int) -> list[dict]:
+    """Rejects by stage and reason: the count, its share of the stage's rejects and a few examples."""
+    rows = con.execute(
+        "SELECT stage, reason, count(*) AS n, list({'key': key, 'url': url, 'detail': detail} ORDER BY shard DESC, key) "
+        "FROM rejects GROUP BY stage, reason ORDER BY stage, n DESC, reason").fetchall()
+    per_stage: dict[str, int] = {}
+    for stage, _, n, _ in rows:
+        per_stage[stage] = per_stage.get(stage, 0) + n
+    return [{"stage": stage, "reason": reason, "count": n, "share_of_stage": round(n / per_stage[stage], 4),
+             "examples": ex[:examples]} for stage, reason, n, ex in rows]
 
 
 def aggregate(cfg: StatsConfig) -> tuple[dict, list[dict]]:
@@ -194,7 +222,8 @@ def aggregate(cfg: StatsConfig) -> tuple[dict, list[dict]]:
             "SELECT shard, key, url, stage, reason, detail FROM rejects ORDER BY shard DESC, key LIMIT $n",
             {"n": cfg.rejects_table})),
     }
-    items = gallery(con, storage, index, cfg.gallery.max_images)
+    items, summary["gallery"] = gallery(con, storage, index, cfg.gallery.max_images, versions)
+    summary["rejects_explorer"] = rejects_explorer(con, cfg.reject_examples)
     _finite(summary)
     storage.write_atomic(SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
     storage.write_atomic(GALLERY, (json.dumps(items) + "\n").encode())

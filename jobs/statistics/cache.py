@@ -11,6 +11,9 @@ version manifest: a changed hash means "read it again".
     stats/cache/gallery/<id>.parquet             a few samples per shard with a JPEG thumbnail
     stats/cache/captions/<version>/<id>.parquet  status, finish reason and words per level per key
                                                  (the text itself only for gallery keys)
+    stats/cache/vgallery/<version>/<id>.parquet  the version's own gallery: the first rows of the shard
+                                                 it captioned ok, with thumbnails (a version that covers
+                                                 a few rows shows those rows, not "not captioned")
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from datapipe.contract import LEVEL_COLUMNS, CaptionVersion, Dataset, Storage, iter_tar_samples, list_versions
+from datapipe.contract import (
+    CAPTION_STATUS_OK,
+    LEVEL_COLUMNS,
+    CaptionVersion,
+    Dataset,
+    Storage,
+    iter_tar_samples,
+    list_versions,
+)
 from datapipe.contract.shards import table_to_parquet_bytes
 
 from .config import StatsConfig
@@ -106,7 +117,17 @@ def cache_shard(ds: Dataset, shard_id: str, cfg: StatsConfig) -> None:
     storage.write_atomic(f"{CACHE}/rejects/{shard_id}.parquet", table_to_parquet_bytes(rejects))
 
     # The gallery: the shard's first rows, thumbnails from the tar (stop reading once found).
-    picked = samples.slice(0, cfg.gallery.per_shard)
+    gallery = gallery_rows(ds, shard_id, samples.slice(0, cfg.gallery.per_shard), cfg)
+    storage.write_atomic(f"{CACHE}/gallery/{shard_id}.parquet", table_to_parquet_bytes(gallery))
+
+
+GALLERY_COLUMNS = ("key", "url", "caption", "width", "height", *SCORE_COLUMNS)
+
+
+def gallery_rows(ds: Dataset, shard_id: str, picked: pa.Table, cfg: StatsConfig) -> pa.Table:
+    """Gallery rows for the sidecar rows `picked`: texts cut, a thumbnail from the tar (one pass,
+    stopping once every picked key is found)."""
+    storage, entry = ds.storage, ds.shard(shard_id)
     wanted = set(picked.column("key").to_pylist())
     thumbs: dict[str, str] = {}
     if wanted:
@@ -120,11 +141,10 @@ def cache_shard(ds: Dataset, shard_id: str, cfg: StatsConfig) -> None:
                     wanted.discard(sample.key)
                     if not wanted:
                         break
-    gallery = picked.select(["key", "url", "caption", "width", "height", *SCORE_COLUMNS])
+    gallery = with_nulls(picked, SCORE_COLUMNS).select(list(GALLERY_COLUMNS))
     gallery = gallery.set_column(gallery.column_names.index("caption"), "caption", cut(gallery.column("caption"), cfg.max_text))
     gallery = gallery.append_column("shard", pa.array([shard_id] * gallery.num_rows, pa.string()))
-    gallery = gallery.append_column("thumb", pa.array([thumbs.get(k) for k in gallery.column("key").to_pylist()], pa.string()))
-    storage.write_atomic(f"{CACHE}/gallery/{shard_id}.parquet", table_to_parquet_bytes(gallery))
+    return gallery.append_column("thumb", pa.array([thumbs.get(k) for k in gallery.column("key").to_pylist()], pa.string()))
 
 
 def gallery_keys(storage: Storage, shard_id: str) -> set[str]:
@@ -134,11 +154,16 @@ def gallery_keys(storage: Storage, shard_id: str) -> set[str]:
     return set(read_columns(storage, rel, ["key"]).column("key").to_pylist())
 
 
-def cache_caption_shard(storage: Storage, version: str, shard_id: str, cfg: StatsConfig) -> None:
+def cache_caption_shard(ds: Dataset, version: str, shard_id: str, cfg: StatsConfig) -> None:
+    storage = ds.storage
     rows = read_columns(storage, f"captions/{version}/{shard_id}.parquet",
                         ["key", *LEVEL_COLUMNS, "status", "finish_reason", "prompt_id", "error"])
     rows = with_nulls(rows, ["finish_reason", "prompt_id", "error"], pa.string())
-    keep = pc.is_in(rows.column("key"), value_set=pa.array(sorted(gallery_keys(storage, shard_id)), pa.string()))
+    # the version's own gallery picks: the first keys it captioned ok in this shard
+    ok = rows.filter(pc.equal(rows.column("status"), CAPTION_STATUS_OK)).column("key").to_pylist()
+    picks = sorted(ok)[: cfg.gallery.per_shard]
+    shown = sorted(gallery_keys(storage, shard_id) | set(picks))
+    keep = pc.is_in(rows.column("key"), value_set=pa.array(shown, pa.string()))
     cols = {"key": rows.column("key"), "shard": pa.array([shard_id] * rows.num_rows, pa.string()),
             "status": rows.column("status"), "finish_reason": rows.column("finish_reason"),
             "prompt_id": rows.column("prompt_id"),
@@ -149,6 +174,10 @@ def cache_caption_shard(storage: Storage, version: str, shard_id: str, cfg: Stat
         cols[f"w{i}"] = pc.if_else(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), 0, words).cast(pa.int32())
         cols[level] = pc.if_else(keep, cut(text, 4 * cfg.max_text), pa.scalar(None, pa.string()))
     storage.write_atomic(f"{CACHE}/captions/{version}/{shard_id}.parquet", table_to_parquet_bytes(pa.table(cols)))
+    side = read_columns(storage, ds.shard(shard_id).sidecar, GALLERY_COLUMNS)
+    side = side.filter(pc.is_in(side.column("key"), value_set=pa.array(picks, pa.string())))
+    storage.write_atomic(f"{CACHE}/vgallery/{version}/{shard_id}.parquet",
+                         table_to_parquet_bytes(gallery_rows(ds, shard_id, side, cfg)))
 
 
 def refresh_cache(cfg: StatsConfig, progress=None) -> CacheUpdate:
@@ -180,7 +209,7 @@ def refresh_cache(cfg: StatsConfig, progress=None) -> CacheUpdate:
         # a re-committed image shard may have new gallery keys: its caption rows are re-read too
         todo = [s for s, h in wanted.items() if done.get(s) != h or s in changed]
         for shard_id in todo:
-            cache_caption_shard(storage, version, shard_id, cfg)
+            cache_caption_shard(ds, version, shard_id, cfg)
             done[shard_id] = wanted[shard_id]
         if todo:
             update.captions[version] = todo

@@ -20,6 +20,7 @@ class StatsConfig:
     root: str = ""  # the dataset root (local path or fsspec URI)
     bins: int = 30  # histogram bins for resolutions, aspect ratios and scores
     rejects_table: int = 500  # reject rows listed on the dashboard (the newest shards first)
+    reject_examples: int = 5  # examples (key, URL, detail) per stage/reason in the rejects explorer
     max_text: int = 300  # longer texts (alt text, reject detail, captions) are cut to this many chars
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     rebuild: bool = False  # ignore the cache and read every shard again

@@ -116,13 +116,38 @@
     $("rejects-note").textContent = `${rows.length} of ${s.headline.rejects} reject rows shown (newest shards first)`;
   }
 
+  function renderExplorer(s) {
+    const rows = s.rejects_explorer || [];
+    const total = s.headline.rejects;
+    $("rejects-explorer").replaceChildren(rows.length ? el("table", {},
+      el("thead", {}, el("tr", {}, ...["stage", "reason", "rows", "of stage", "of all rejects", "examples (newest shards first)"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, ...rows.map((r) => el("tr", { "data-reason": r.stage + " / " + r.reason },
+        el("td", { text: r.stage }),
+        el("td", {}, el("button", { class: "link", type: "button", "data-filter": r.stage + " / " + r.reason, text: r.reason })),
+        el("td", { text: fmt(r.count) }), el("td", { text: pct(r.share_of_stage) }), el("td", { text: pct(total ? r.count / total : null) }),
+        el("td", {}, el("ul", { class: "examples" }, ...r.examples.map((e) => el("li", {},
+          el("button", { class: "link", type: "button", "data-trace": e.key, text: e.key }), " ",
+          el("span", { text: e.url ?? "" }), el("span", { class: "small", text: e.detail ? " — " + e.detail : "" }))))))))
+    ) : el("p", { class: "meta", text: "no rejects" }));
+  }
+
   function renderGallery(s, items) {
     const select = $("gallery-version");
     const versions = s.captions.map((c) => c.version);
-    const chosen = versions.includes(select.value) ? select.value : (versions.find((v) => v !== "alt" && v !== "reference") || versions[0] || "");
+    const tiles = (s.gallery || {}).by_version || {};
+    const fallback = (s.gallery || {}).default_version || versions[0] || "";
+    const chosen = versions.includes(select.value) ? select.value : fallback;
     select.replaceChildren(...versions.map((v) => el("option", { value: v, text: v })));
     select.value = chosen;
-    $("gallery").replaceChildren(...items.map((it) => {
+    const byKey = new Map(items.map((it) => [it.key, it]));
+    // the tiles of the chosen version are rows it captioned; a summary without them shows the first rows
+    const mine = tiles[chosen];
+    const shown = (mine ? mine.keys : items.map((it) => it.key)).map((k) => byKey.get(k)).filter(Boolean);
+    $("gallery-note").textContent = mine
+      ? `${fmt(mine.covered)} of ${fmt(s.headline.samples)} samples captioned ok by ${chosen} (${pct(mine.coverage)}); ${shown.length} shown`
+      : "";
+    $("gallery").replaceChildren(...(shown.length ? shown : [null]).map((it) => {
+      if (it === null) return el("p", { class: "meta", text: `no sample has an ok caption of ${chosen} yet` });
       const img = el("img", { alt: "sample " + it.key });
       if (typeof it.thumb === "string" && it.thumb.startsWith("data:image/")) img.src = it.thumb;
       const cap = (it.captions || {})[chosen];
@@ -132,18 +157,47 @@
       const url = href ? el("a", { href, rel: "noopener noreferrer nofollow", target: "_blank", text: it.url }) : el("span", { text: it.url });
       const scores = ["clip_score", "aesthetic", "nsfw", "watermark"].map((k) => k + " " + fmt(it[k], 3)).join(" · ");
       return el("div", { class: "item", "data-key": it.key },
-        el("div", {}, img, el("div", { class: "small", text: it.width + "×" + it.height })),
+        el("div", {}, img, el("div", { class: "small", text: it.width + "×" + it.height }),
+          el("button", { class: "link", type: "button", "data-trace": it.key, text: "trace " + it.key })),
         el("div", {}, el("div", { class: "small", text: "alt: " + (it.caption ?? "") }), list,
           el("div", { class: "small", text: scores }), el("div", { class: "small" }, url),
           el("div", { class: "small", text: cap ? `${chosen}: ${cap.status} (from ${cap.from})` : `${chosen}: not captioned` })));
     }));
   }
 
+  // -- trace: the live server answers api/trace; an export holds the traces of the rows it shows --
+  async function runTrace(query) {
+    const q = String(query || "").trim();
+    const out = $("trace-out");
+    if (!q) return;
+    $("trace-q").value = q;
+    if (page.mode === "static") {
+      const traces = current.traces || {};
+      const hit = traces[q] || Object.values(traces).find((t) => (t.urls || []).includes(q));
+      out.textContent = hit ? hit.text
+        : `${q}: not among the ${Object.keys(traces).length} rows this export holds traces for (its gallery and reject examples); ` +
+          "`deepfusion trace ROOT " + q + "` traces any row";
+      $("trace-note").textContent = "from the export";
+    } else {
+      $("trace-note").textContent = "tracing…";
+      try {
+        const r = await fetch("api/trace?q=" + encodeURIComponent(q), { cache: "no-store" });
+        const body = await r.json();
+        out.textContent = body.text || ("trace failed: " + (body.error || "HTTP " + r.status));
+        $("trace-note").textContent = r.ok ? "live" : "";
+      } catch (e) {
+        out.textContent = "trace failed: " + e.message;
+        $("trace-note").textContent = "";
+      }
+    }
+    document.body.dataset.traced = q;
+  }
+
   // -- data ------------------------------------------------------------------------------------
-  let current = { summary: null, gallery: [] };
+  let current = { summary: null, gallery: [], traces: {} };
   function render() {
     const s = current.summary;
-    renderHeadline(s); renderCharts(s); renderVersions(s); renderRejects(s); renderGallery(s, current.gallery);
+    renderHeadline(s); renderCharts(s); renderVersions(s); renderExplorer(s); renderRejects(s); renderGallery(s, current.gallery);
     document.body.dataset.rendered = s.created_at;  // tests and users can tell when a refresh landed
   }
   async function fetchJson(path) {
@@ -155,7 +209,7 @@
     try {
       const summary = await fetchJson("data/summary.json");
       if (!current.summary || summary.created_at !== current.summary.created_at) {
-        current = { summary, gallery: await fetchJson("data/gallery.json") };
+        current = { summary, gallery: await fetchJson("data/gallery.json"), traces: {} };
         render();
       }
       $("status").textContent = "live · checked " + new Date().toLocaleTimeString();
@@ -166,9 +220,17 @@
 
   $("reject-filter").addEventListener("change", () => renderRejects(current.summary));
   $("gallery-version").addEventListener("change", () => renderGallery(current.summary, current.gallery));
+  $("trace-go").addEventListener("click", () => runTrace($("trace-q").value));
+  $("trace-q").addEventListener("keydown", (e) => { if (e.key === "Enter") runTrace($("trace-q").value); });
+  document.addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-trace], button[data-filter]");
+    if (!b) return;
+    if (b.dataset.trace) runTrace(b.dataset.trace);
+    if (b.dataset.filter) { $("reject-filter").value = b.dataset.filter; renderRejects(current.summary); }
+  });
   if (page.mode === "static") {
     const data = JSON.parse($("df-data").textContent);
-    current = { summary: data.summary, gallery: data.gallery };
+    current = { summary: data.summary, gallery: data.gallery, traces: data.traces || {} };
     $("status").textContent = "static export";
     render();
   } else {
