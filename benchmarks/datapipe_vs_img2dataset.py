@@ -130,8 +130,8 @@ def main() -> None:
                 images = sum(s["successes"] for s in stats)
             else:
                 images = count_samples(work / name.split("/")[1])
-                log = sorted((work / name.split("/")[1] / "logs").glob("curate-*.json"))[-1]
-                drivers[name] = json.loads(log.read_text())["driver"]
+                log = json.loads(sorted((work / name.split("/")[1] / "logs").glob("curate-*.json"))[-1].read_text())
+                drivers[name] = {**log["driver"], "rows": log["this_run"]["inputs"]}
             results[name] = (images, seconds)
             print(f"{name:18s} {images:6d} images in {seconds:6.1f} s = {images / seconds:7.1f} img/s", flush=True)
     finally:
@@ -146,10 +146,10 @@ def main() -> None:
     for name, (images, seconds) in results.items():
         rate = images / seconds
         print(f"  {name:18s} {rate:7.1f} img/s  {rate / base:5.2f}x img2dataset  {rate / base_decode:5.2f}x img2dataset/decode  {rate / cores:6.1f} img/s per core")
-    print("\ndriver (the job's own accounting; the driver never receives image bytes):")
+    print("\ndriver (the job's own accounting, start-up included; the driver never receives image bytes):")
     for name, d in drivers.items():
         images, seconds = results[name]
-        rows_per_s = args.n / seconds  # input rows per second on this one node
+        rows_per_s = d["rows"] / seconds  # input rows per second on this one node
         cores_at_100 = d["cpu_s_per_1000_rows"] / 1000 * rows_per_s * 100
         print(f"  {name:18s} {d['cpu_s_per_1000_rows']:7.3f} CPU-s and {d['bytes_per_1000_rows']:8d} bytes per 1,000 rows; "
               f"100 nodes at {rows_per_s:.0f} rows/s each: {cores_at_100:5.2f} driver cores, "

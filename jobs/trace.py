@@ -198,7 +198,8 @@ def training_steps(run_dir: str, keys: set[str], limit: int) -> dict:
         epoch += 1
     return {"run_dir": str(run), "steps": cfg.steps, "steps_done": done, "world": world, "global_batch": cfg.global_batch,
             "micro_batch": micro, "accumulation": accum, "draws": count, "listed": hits,
-            "replayed_from": "the checkpoint's loader position for its epoch; other epochs from the shards committed now"}
+            "replayed_from": "the checkpoint's loader position for its epoch; other epochs from the shards committed now; "
+                             "rank and micro-step are for the world size of the latest checkpoint"}
 
 
 def trace_key(ds: Dataset, key: str, cfg: TraceConfig) -> dict:

@@ -47,12 +47,15 @@ class EDM:
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
     def loss(self, net: Network, x0: torch.Tensor, *cond, generator: torch.Generator | None = None,
-             sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample weighted denoising loss [B] and the sigmas used [B]."""
+             sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample weighted denoising loss [B] and the sigmas used [B]; `noise` is unit-variance
+        noise of x0's shape (drawn from `generator` when not given)."""
         b = x0.shape[0]
         if sigma is None:
             sigma = self.sample_sigma(b, generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device) * sigma.view(-1, 1, 1, 1)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        noise = noise * sigma.view(-1, 1, 1, 1)
         denoised = self.denoise(net, x0 + noise, sigma, *cond)
         per_sample = ((denoised - x0) ** 2).flatten(1).mean(1)
         return self.loss_weight(sigma) * per_sample, sigma

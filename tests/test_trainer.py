@@ -228,6 +228,83 @@ def test_two_processes_on_gloo(tmp_path, dataset, tiny_llm):
     assert c0b == c1b and c0b != c0
 
 
+def keys_per_step(run_dir: Path) -> dict[tuple[int, int], list[str]]:
+    """(epoch, global batch) -> every key the loader yielded for it, over all ranks' logs."""
+    out: dict[tuple[int, int], list[str]] = {}
+    for log in sorted((run_dir / "keys").glob("rank*.tsv")):
+        for line in log.read_text().splitlines():
+            epoch, index, _, keys = line.split("\t")
+            out.setdefault((int(epoch), int(index)), []).extend(keys.split(","))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_elastic_resume_2_to_1_and_1_to_2_ranks(tmp_path, dataset, tiny_llm):
+    """A ZeRO-2 run checkpointed on N ranks resumes on M: every step sees exactly the samples of an
+    uninterrupted run (none skipped or repeated), and the re-partitioned optimizer state gives the
+    uninterrupted run's losses and weights to float round-off (a fresh optimizer would not)."""
+    args = ["global_batch=8", "checkpoint.every_steps=3", "checkpoint.keep_last=5", "deepspeed.zero_stage=2",
+            "data.log_keys=true", "sample.prompts=[]", "sample.from_dataset=0", "log.every_steps=1"]
+    straight = tmp_path / "straight"
+    out = run(train_cmd(straight, dataset, tiny_llm, "steps=6", *args))
+    assert out.returncode == 0, out.stderr[-4000:]
+    want_keys = keys_per_step(straight)
+    assert len(want_keys) == 6 and all(len(v) == len(set(v)) == 8 for v in want_keys.values())
+    want_loss = [m["loss"] for m in read_metrics(straight)]
+    want_w = model_weights(straight / "checkpoints" / "step_00000006")
+    for name, first, then in (("shrink", 2, 1), ("grow", 1, 2)):
+        d = tmp_path / name
+        a = run(train_cmd(d, dataset, tiny_llm, "steps=3", *args, nproc=first))
+        assert a.returncode == 0, a.stderr[-4000:]
+        assert (d / "checkpoints" / "step_00000003" / "optimizer_full.pt").exists()
+        b = run(train_cmd(d, dataset, tiny_llm, "steps=6", *args, nproc=then))
+        assert b.returncode == 0, b.stderr[-4000:]
+        assert f"written by {first} rank(s), on {then}: ZeRO-2 optimizer state re-partitioned" in b.stderr
+        assert keys_per_step(d) == want_keys, name  # the global order continued exactly
+        losses = [m["loss"] for m in read_metrics(d)]
+        assert len(losses) == 6
+        for step, (x, y) in enumerate(zip(want_loss, losses), start=1):
+            assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (name, step, x, y)
+        w = model_weights(d / "checkpoints" / "step_00000006")
+        assert max((want_w[k].float() - w[k].float()).abs().max().item() for k in want_w) <= 1e-5, name
+    # resuming with the optimizer state thrown away is visibly different: the check above can fail
+    d = tmp_path / "fresh-optimizer"
+    assert run(train_cmd(d, dataset, tiny_llm, "steps=3", *args, nproc=2)).returncode == 0
+    (d / "checkpoints" / "step_00000003" / "optimizer_full.pt").unlink()
+    refused = run(train_cmd(d, dataset, tiny_llm, "steps=6", *args))
+    assert refused.returncode == 1 and "resume it on the rank count that wrote it" in refused.stderr
+
+
+def test_init_from_starts_a_new_run_at_a_new_resolution_from_another_runs_weights(tmp_path, dataset, tiny_llm):
+    base = tmp_path / "base"
+    out = run(train_cmd(base, dataset, tiny_llm, "steps=4", "checkpoint.every_steps=4", "sample.prompts=[]",
+                        "sample.from_dataset=0"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    # lr 0: the new run's weights stay the ones it started from, so they must be the base run's
+    warm = tmp_path / "warm"
+    args = [f"init_from={base}", "data.resolution=48", "steps=2", "optim.lr=0", "checkpoint.every_steps=2",
+            "sample.prompts=[]", "sample.from_dataset=0"]
+    out = run(train_cmd(warm, dataset, tiny_llm, *args))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "initialised from" in out.stderr and "resumed" not in out.stderr
+    ckpt = warm / "checkpoints" / "step_00000002"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    lineage = state["init_from"]
+    assert lineage["step"] == 4 and lineage["checkpoint"].endswith("step_00000004") and lineage["weights"] == "model"
+    assert json.loads((ckpt / "inference.json").read_text())["init_from"] == lineage
+    assert json.loads((ckpt / "inference.json").read_text())["resolution"] == [48, 48]
+    assert state["step"] == 2 and state["position"]["epoch"] == 0 and state["position"]["batches"] == 2  # fresh data
+    start, now = model_weights(base / "checkpoints" / "step_00000004"), model_weights(ckpt)
+    assert all(torch.equal(start[k], now[k]) for k in start)
+    # re-running the same command resumes the warm run itself (its lineage kept)
+    again = run(train_cmd(warm, dataset, tiny_llm, *args[:-3], "steps=3", "checkpoint.every_steps=2",
+                          "sample.prompts=[]", "sample.from_dataset=0"))
+    assert again.returncode == 0 and "resumed from step 2" in again.stderr, again.stderr[-3000:]
+    assert json.loads((warm / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())["init_from"] == lineage
+    # another model shape is refused, naming the tensors
+    bad = run(train_cmd(tmp_path / "bad", dataset, tiny_llm, f"init_from={base}", "model.dit.width=96", "steps=1"))
+    assert bad.returncode == 1 and "does not fit" in bad.stderr and "shape mismatches" in bad.stderr, bad.stderr[-2000:]
+
+
 def test_a_tiny_model_learns_the_named_colour(tmp_path, tiny_llm, artifacts_dir):
     """Single-colour scenes with their level-1 reference captions: the loss falls clearly, and images
     generated for "a <colour> <shape>" show that colour (by pixel analysis) far above chance (1/9)."""

@@ -100,6 +100,9 @@ class EMAConfig:
 class CheckpointConfig:
     every_steps: int = 500
     keep_last: int = 3
+    # ZeRO 1/2: also save the full per-parameter optimizer state (gathered to rank 0, ~3x the
+    # parameters in fp32), so the run can resume on another number of ranks (trainer/checkpoint.py)
+    elastic: bool = True
 
 
 @dataclass
@@ -130,6 +133,10 @@ class TrainConfig:
     # a small dataset is seen for many epochs (the demo, ablations); useless for a web-scale run
     # that sees each caption about once. 0 = off: every batch goes through the LLM.
     text_cache_mb: float = 0.0
+    # Warm start: a run dir (its latest checkpoint) or a checkpoints/step_* folder whose model and EMA
+    # weights this run starts from (not its optimizer or data position): progressive resolution
+    # (256 -> 512 px), a new bucket set or caption mix. Ignored once this run has its own checkpoints.
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -29,7 +29,7 @@ from common.config import set_fields
 from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, get_preset
 from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, warm_start
 from .config import TrainConfig, load_config
 from .data import LoaderPosition, ShardLoader
 from .deepspeed_config import deepspeed_config
@@ -100,10 +100,17 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def noise_generator(seed: int, step: int, rank: int, micro_step: int, device) -> torch.Generator:
-    """Noise and sigmas of a micro-step depend on nothing else, so a resumed run redraws them exactly."""
-    g = torch.Generator(device=device)
-    return g.manual_seed((((seed * 1_000_003 + step) * 1009 + rank) * 101 + micro_step) % (2**63))
+def training_noise(edm: EDM, seed: int, step: int, first: int, shape: torch.Size, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma [m], unit noise [m, ...]) for the samples at positions first..first+m-1 of step's global
+    batch, each drawn from its own generator keyed by (seed, step, position): the same draws on any
+    number of ranks and any micro-batch layout, so a resumed run redraws them exactly, also on
+    another world size."""
+    sigmas, noises = [], []
+    for j in range(shape[0]):
+        g = torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 100_003 + first + j) % (2**63))
+        sigmas.append(edm.sample_sigma(1, g, device))
+        noises.append(torch.randn(shape[1:], generator=g, device=device))
+    return torch.cat(sigmas), torch.stack(noises)
 
 
 def sample_prompts(cfg: TrainConfig, loader: ShardLoader) -> list[str]:
@@ -151,6 +158,12 @@ def train(cfg: TrainConfig) -> dict:
     n_params = sum(p.numel() for p in dit.parameters())
     text_layers = dit.text_layers[0]  # the LLM states it reads: only these are stacked (and cached)
     ema = EMA(dit, cfg.ema)
+    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep_last, rank, cfg.checkpoint.elastic)
+    init_from = None
+    if cfg.init_from and checkpoints.latest() is None:  # a warm start; once the run has checkpoints it resumes
+        init_from = warm_start(dit, ema.model, cfg.init_from)
+        log.info("initialised from %s (step %s, %s weights; optimizer and data position start fresh)",
+                 init_from["checkpoint"], init_from["step"], init_from["weights"])
     o = cfg.optim
     optimizer = GuardedAdamW(dit.parameters(), cfg.spike_guard, max_grad_norm=o.grad_clip, full_numel=n_params,
                              lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -160,9 +173,8 @@ def train(cfg: TrainConfig) -> dict:
     zero3 = cfg.deepspeed.zero_stage == 3
 
     # Resume from the latest checkpoint, if any (refused when the config identity differs).
-    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep_last, rank)
-    state = checkpoints.load(engine, ema, cfg.identity(), cfg.identity_hash()) or {
-        "step": 0, "images": 0, "position": asdict(LoaderPosition()), "guard": None}
+    state = checkpoints.load(engine, ema, cfg.identity(), cfg.identity_hash(), world, scheduler) or {
+        "step": 0, "images": 0, "position": asdict(LoaderPosition()), "guard": None, "init_from": init_from}
     if state["guard"]:
         optimizer.load_guard_state(state["guard"])
     step, images = state["step"], state["images"]
@@ -190,10 +202,12 @@ def train(cfg: TrainConfig) -> dict:
     def save_checkpoint(at_step: int) -> Path:
         trainer_state = {"step": at_step, "images": images, "position": asdict(loader.position),
                          "guard": optimizer.guard_state(), "config_hash": cfg.identity_hash(),
-                         "config_identity": cfg.identity(), "world": world, "loader": loader.stats.as_dict()}
+                         "config_identity": cfg.identity(), "world": world, "loader": loader.stats.as_dict(),
+                         "init_from": state.get("init_from")}
         inference = {"text_encoder": asdict(text_cfg), "codec": asdict(codec_cfg), "edm": asdict(edm_cfg),
                      "resolution": [cfg.data.resolution, cfg.data.resolution],
-                     "buckets": [list(b) for b in loader.planner.buckets], "step": at_step, "images": images}
+                     "buckets": [list(b) for b in loader.planner.buckets], "step": at_step, "images": images,
+                     "init_from": state.get("init_from")}
         return checkpoints.save(engine, at_step, trainer_state, ema, inference)
 
     last_t, last_images, last_wait = time.perf_counter(), images, loader.wait_s
@@ -208,8 +222,8 @@ def train(cfg: TrainConfig) -> dict:
                 text = encoder(batch.captions, max_tokens=budgets, layers=text_layers)
                 truncations.add(batch.levels, text.lengths, text.budgets)
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
-            g = noise_generator(cfg.seed, step, rank, micro_step, device)
-            losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], generator=g)
+            sigma, noise = training_noise(edm, cfg.seed, step, (micro_step * world + rank) * micro, x0.shape, device)
+            losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], sigma=sigma, noise=noise)
             if batch.valid is None or bool(batch.valid.all()):
                 engine.backward(losses.mean())
                 breakdown.add(losses, sigmas, batch.levels)
