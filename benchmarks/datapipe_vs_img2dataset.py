@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--clip-n", type=int, default=1000, help="URLs for the CLIP run (0: skip it)")
+    parser.add_argument("--runs", default="", help="comma-separated contenders to run (default: all); "
+                        "img2dataset is always run, as the baseline")
+    parser.add_argument("--extra", default="", help="space-separated key=value settings added to our runs")
     args = parser.parse_args()
 
     from scenes import CorpusConfig, make_corpus
@@ -121,6 +124,9 @@ def main() -> None:
             pq.write_table(pq.read_table(urls).slice(0, args.clip_n), work / "clip-urls.parquet")
             runs["ours/clip"] = [c.replace(str(urls), str(work / "clip-urls.parquet")) for c in ours] + \
                 [f"output={work / 'clip'}"] + clip + nonsfw
+        if args.runs:
+            runs = {k: v for k, v in runs.items() if k in args.runs.split(",") or k in ("img2dataset", "img2dataset/decode")}
+        runs = {k: (v + args.extra.split() if k.startswith("ours") else v) for k, v in runs.items()}
         results, drivers = {}, {}
         for name, cmd in runs.items():
             seconds = timed(cmd, env)
