@@ -215,7 +215,7 @@ def test_clip_filters_and_dedup_across_shards_with_an_img2dataset_resize_mode(tm
     clip = ["clip.enabled=true", "clip.model=tiny-clip", f"clip.model_config={models / 'tiny-clip.json'}",
             "clip.allow_random_init=true", "clip.batch_size=8",
             f"clip.aesthetic.weights={models / 'aesthetic.safetensors'}",
-            f"clip.nsfw.weights={models / 'nsfw.safetensors'}",
+            f"clip.nsfw.weights={models / 'nsfw.safetensors'}", "nsfw.enabled=false",  # their own NSFW head
             f"clip.watermark.weights={models / 'watermark.safetensors'}"]
     try:
         proc = run_cli(corpus, root, "shard_size=10", "download.resize_mode=keep_ratio_largest",
