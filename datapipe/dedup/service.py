@@ -89,6 +89,12 @@ def _partition_class():
         """One partition: its rows' indexes, the gate, and the memo of what each shard inserted."""
 
         def __init__(self, cfg: dict, phash_bits: int | None, centroids: np.ndarray | None):
+            import faiss
+
+            # faiss's OpenMP threads spin-wait between calls: on a node whose cores run shard
+            # tasks, that spinning is stolen from them. A partition's queries are batched per shard
+            # and take milliseconds on one thread.
+            faiss.omp_set_num_threads(max(1, int(cfg.get("threads", 1))))
             self.cfg = cfg
             self.index = PartitionIndex(phash_bits, cfg["phash_segments"], cfg["phash_flips"],
                                         clip_centroids=centroids, clip_nprobe=cfg["clip_nprobe"])
@@ -203,7 +209,8 @@ class DedupService:
 
             centroids = np.load(io.BytesIO(storage.read_bytes(CENTROIDS)))
         actor = _partition_class()
-        conf = {"phash_segments": cfg.phash_segments, "phash_flips": cfg.phash_flips, "clip_nprobe": cfg.clip_nprobe}
+        conf = {"phash_segments": cfg.phash_segments, "phash_flips": cfg.phash_flips, "clip_nprobe": cfg.clip_nprobe,
+                "threads": cfg.actor_threads}
         partitions = [actor.options(num_cpus=cfg.actor_cpus, max_concurrency=1000).remote(conf, phash_bits, centroids)
                       for _ in range(cfg.partitions)]
         service = cls(partitions, cfg, storage.uri, phash_bits)
