@@ -285,7 +285,8 @@ def format_trace(result: dict) -> str:
                                                     (f", original {d['original_size'][0]}x{d['original_size'][1]}" if d.get("original_size") else "")))
         for f in r.get("filters", []):
             verdict = "pass" if f["passed"] else "REJECT"
-            lines.append(f"  filter    {f['check']}: {verdict}" + (f" (value {f.get('value')}, threshold {f.get('threshold')})"
+            threshold = "off: recorded only" if f.get("threshold") is None else f.get("threshold")
+            lines.append(f"  filter    {f['check']}: {verdict}" + (f" (value {f.get('value')}, threshold {threshold})"
                                                                    if "value" in f else f" ({f.get('detail')})"))
         if r["outcome"] == "reject":
             rej = r["reject"]
