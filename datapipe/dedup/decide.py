@@ -36,6 +36,11 @@ class ShardHashes:
 
 def _within(hashes: ShardHashes, cfg) -> tuple[dict, dict]:
     """Pairs inside the shard: phash {i: [(distance, j)]}, clip {i: [(-cosine, j)]}, j < i."""
+    import faiss
+
+    # One thread: this runs inside a shard task beside others on the same cores (with both cores
+    # busy, one 1,000-row shard: 7 ms on one OpenMP thread, 17 ms on the default two)
+    faiss.omp_set_num_threads(1)
     n = len(hashes.orders)
     phash_pairs: dict[int, list] = {}
     clip_pairs: dict[int, list] = {}
@@ -46,8 +51,6 @@ def _within(hashes: ShardHashes, cfg) -> tuple[dict, dict]:
         for qi, found in zip(idx.tolist(), local.query_phash(hashes.phash[idx], cfg.phash_distance, n)):
             phash_pairs[qi] = [(d, j) for d, j in found if j < qi]
     if cfg.clip_cosine is not None and hashes.clip is not None and hashes.has_clip.any():
-        import faiss
-
         idx = np.flatnonzero(hashes.has_clip)
         flat = faiss.IndexFlatIP(hashes.clip.shape[1])
         emb = np.ascontiguousarray(hashes.clip[idx], np.float32)
