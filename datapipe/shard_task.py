@@ -16,6 +16,8 @@ from the surviving parts.
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import json
 import logging
 import shutil
@@ -99,8 +101,28 @@ def process_rows(job: ShardJob, shard_id: str, rows: pa.Table, tag: str = "") ->
     return pa.concat_tables(out) if out else ROW_SCHEMA.empty_table()
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic GC off for a block that makes many small, acyclic objects. A Ray worker holds
+    every object its imports made (torch, pyarrow, ...): each collection walks them all, and the
+    dedup decision of a 1,000-row shard took 0.2-0.3 s inside a task against 8 ms with the
+    collector paused (measured with a temporary log in the task)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def write_shard(job: ShardJob, shard_id: str, parts: list[pa.Table], poison: list[dict], inputs: int) -> ShardResult:
     """Dedup the live rows (in input order) and write the shard's files; nothing is committed here."""
+    with gc_paused():
+        return _write_shard(job, shard_id, parts, poison, inputs)
+
+
+def _write_shard(job: ShardJob, shard_id: str, parts: list[pa.Table], poison: list[dict], inputs: int) -> ShardResult:
     rows = [r for t in parts for r in t.to_pylist()] + poison
     rows.sort(key=lambda r: r["key"])
     storage = Storage(job.root)
