@@ -30,7 +30,6 @@ FLOPs are counted by formula and printed: the DiT's forward by model.presets.dit
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import socket

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from datapipe.config import NsfwConfig, load_curate_config
+from datapipe.config import DecodeConfig, NsfwConfig, load_curate_config
 from datapipe.filters.decode import DecodeStage
 from datapipe.filters.nsfw import NsfwScorer, check_provider, model_file, model_identity, nsfw_view
-from datapipe.config import DecodeConfig
 from datapipe.rows import to_table
 
 
