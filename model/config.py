@@ -21,6 +21,9 @@ class DiTConfig:
     depth: int = 8
     heads: int = 4
     mlp_ratio: float = 4.0
+    # mlp: the DiT's two-linear MLP; mix: Sana's Mix-FFN (a 3x3 depthwise convolution over the token
+    # grid inside it): neighbouring tokens agree early in training (benchmarks/RESULTS.md, issue 20)
+    ffn: Literal["mlp", "mix"] = "mlp"
     # One entry per LLM branch (two only for LI-DiT's collaborative refiner): the LLM's hidden size
     # and its number of layers (hidden_states has layers + 1 entries: embeddings first).
     text_dims: list[int] = field(default_factory=lambda: [576])
@@ -51,6 +54,8 @@ class DiTConfig:
             raise ValueError("text_dims and llm_layers need one entry per LLM branch")
         if len(self.text_dims) > 1 and self.conditioning != "refiner":
             raise ValueError("several LLM branches need conditioning='refiner' (LI-DiT's collaborative refiner)")
+        if self.ffn not in ("mlp", "mix"):
+            raise ValueError(f"ffn must be mlp or mix, got {self.ffn!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if (self.width // self.heads) % 4:

@@ -71,6 +71,29 @@ class Mlp(nn.Sequential):
         hidden = int(width * ratio)
         super().__init__(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class MixFfn(nn.Module):
+    """Sana's Mix-FFN: the MLP with a 3x3 depthwise convolution over the token grid between its two
+    linears, so every token also sees its 8 neighbours in every block (local coherence that plain
+    attention has to learn from data; the convolution adds 9 x hidden weights per block)."""
+
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        hidden = int(width * ratio)
+        self.fc1 = nn.Linear(width, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        h, w = grid_hw
+        y = self.fc1(x).transpose(1, 2).unflatten(-1, (h, w))  # [B, hidden, h, w]
+        y = self.dwconv(y).flatten(2).transpose(1, 2)
+        return self.fc2(self.act(y))
+
 
 class TimestepEmbedder(nn.Module):
     """EDM's c_noise (= ln(sigma)/4, roughly in [-2, 2]) -> a width-sized vector, through
@@ -165,7 +188,7 @@ class DiTBlock(nn.Module):
         self.cross = None if joint else CrossAttention(w, cfg.heads, cfg.qk_norm)
         self.norm_cross = None if joint else nn.LayerNorm(w, eps=1e-6)
         self.norm2 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(w, cfg.mlp_ratio)
+        self.mlp = (MixFfn if cfg.ffn == "mix" else Mlp)(w, cfg.mlp_ratio)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
         receives_skip = cfg.long_skip and index >= cfg.depth - cfg.depth // 2
         self.skip_proj = nn.Linear(2 * w, w) if receives_skip else None
@@ -176,7 +199,7 @@ class DiTBlock(nn.Module):
         x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), grid_hw, rope, *joint_text)
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), text, text_mask)
-        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m), grid_hw)
 
 
 class RefinerBlock(nn.Module):

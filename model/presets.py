@@ -46,7 +46,7 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     "small": ModelPreset(
         "small",
-        _smollm2_dit(in_channels=48, patch_size=1, width=384, depth=12, heads=6),
+        _smollm2_dit(in_channels=48, patch_size=1, width=384, depth=12, heads=6, ffn="mix"),
         TextEncoderConfig(source="smollm2", max_tokens=64),
         CodecConfig(kind="pixels", factor=4),
         (64, 64), 4, 134_515_008, "CPU demo: the real SmolLM2-135M-Instruct, lossless pixel codec",
@@ -125,6 +125,8 @@ def dit_forward_flops(cfg: DiTConfig, latent_hw: tuple[int, int], text_tokens: i
         else:
             macs += n * d * d + T * 2 * d * d + 2 * n * T * d + n * d * d  # cross-attention
         macs += 2 * n * d * hidden  # MLP
+        if cfg.ffn == "mix":
+            macs += 9 * n * hidden  # its depthwise 3x3 convolution
         if cfg.long_skip and i >= cfg.depth - cfg.depth // 2:
             macs += n * 2 * d * d
     if not joint:

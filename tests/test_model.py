@@ -57,8 +57,9 @@ def run(model, x, hidden, mask, c_noise=None):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("hw", [(8, 8), (8, 16), (16, 6), (4, 20), (10, 10)])
-def test_output_shapes_any_aspect(mode, hw):
-    model = make_dit(mode, long_skip=True, kv_downsample_middle=True)
+@pytest.mark.parametrize("ffn", ["mlp", "mix"])
+def test_output_shapes_any_aspect(mode, hw, ffn):
+    model = make_dit(mode, long_skip=True, kv_downsample_middle=True, ffn=ffn)
     x = torch.randn(2, 12, *hw)
     hidden, mask = text()
     assert run(model, x, hidden, mask).shape == x.shape
@@ -90,8 +91,9 @@ def test_padding_and_masked_tokens_change_nothing(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_no_information_flows_between_batch_items(mode):
-    model = make_dit(mode, long_skip=True, kv_downsample_middle=True)
+@pytest.mark.parametrize("ffn", ["mlp", "mix"])
+def test_no_information_flows_between_batch_items(mode, ffn):
+    model = make_dit(mode, long_skip=True, kv_downsample_middle=True, ffn=ffn)
     x = torch.randn(3, 12, 8, 8, requires_grad=True)
     hidden, mask = text(batch=3)
     hidden.requires_grad_(True)
@@ -190,6 +192,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_mix_ffn_mixes_neighbouring_tokens_only():
+    """One block of the Mix-FFN: a token's output depends on its 3x3 neighbourhood through the
+    convolution; the plain MLP is per token (attention aside: this checks the FFN alone)."""
+    from model.dit import Mlp, MixFfn
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6 * 5, 16, requires_grad=True)
+    MixFfn(16, 2.0)(x, (6, 5))[0, 2 * 5 + 2].sum().backward()  # the token at row 2, column 2
+    touched = (x.grad[0].abs().sum(-1) > 0).view(6, 5).nonzero().tolist()
+    assert touched == [[r, c] for r in (1, 2, 3) for c in (1, 2, 3)]
+    x.grad = None
+    Mlp(16, 2.0)(x, (6, 5))[0, 12].sum().backward()
+    assert (x.grad[0].abs().sum(-1) > 0).nonzero().flatten().tolist() == [12]
+    with pytest.raises(ValueError, match="ffn must be"):
+        DiTConfig(ffn="conv")
+
+
 def test_safetensors_round_trip(tmp_path):
     model = make_dit(long_skip=True, kv_downsample_middle=True)
     model.save_pretrained(tmp_path / "dit")
@@ -204,6 +223,7 @@ def test_safetensors_round_trip(tmp_path):
     dict(conditioning="deep_fusion"),
     dict(conditioning="last_layer", long_skip=True, kv_downsample_middle=True),
     dict(conditioning="refiner", qk_norm=False),
+    dict(conditioning="deep_fusion", ffn="mix"),
 ])
 def test_analytic_flops_match_the_flop_counter(cfg):
     dit = DiTConfig(in_channels=12, patch_size=2, width=64, depth=6, heads=2, text_dims=[64], llm_layers=[4], **cfg)

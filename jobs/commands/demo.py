@@ -42,7 +42,7 @@ class DemoSettings:
     text_probability: float = 0.0  # chance that a scene also contains a word
     vlm: str | None = None  # a local VLM folder (e.g. Qwen2-VL-2B-Instruct) instead of the tiny random one
     caption_config: str = "embedded"  # caption profile (embedded, production) or a YAML file
-    train_steps: int = 1100  # training steps
+    train_steps: int = 1400  # training steps
     train_config: str = "demo"  # a train profile (demo, small, ...) or a YAML file
     train: dict = field(default_factory=dict)  # any training setting, e.g. train.model.dit.depth=12
     eval_prompts: int = 20  # held-out prompts per benchmark category
