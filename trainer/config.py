@@ -63,9 +63,12 @@ EDMConfigOverrides = overrides_of(EDMConfig)
 class ModelSection:
     """The model: a preset (model/presets.py) and the settings of it that change."""
 
-    preset: Literal["tiny", "small", "base", "pgv3"] = "small"
+    preset: Literal["tiny", "small", "mirror", "base", "pgv3"] = "small"
     dit: DiTConfigOverrides = field(default_factory=DiTConfigOverrides)  # e.g. dit.width=192 (model/config.py DiTConfig)
     text_encoder: TextEncoderConfigOverrides = field(default_factory=TextEncoderConfigOverrides)  # TextEncoderConfig keys
+    # A second LLM (LI-DiT's collaborative refiner, with model.dit.conditioning=refiner): set its
+    # source (e.g. text_encoder_2.source=gemma3) to use it; other keys default to TextEncoderConfig's
+    text_encoder_2: TextEncoderConfigOverrides = field(default_factory=TextEncoderConfigOverrides)
     codec: CodecConfigOverrides = field(default_factory=CodecConfigOverrides)  # CodecConfig keys
     edm: EDMConfigOverrides = field(default_factory=EDMConfigOverrides)  # EDMConfig keys
 
@@ -181,6 +184,10 @@ class TrainConfig:
                 d[node].pop(rest[0], None)
             else:
                 d.pop(node, None)
+        # a model setting left unset is the preset's: leaving it out keeps a run's identity when a
+        # later version adds settings (every override field is optional)
+        d["model"] = {k: v if not isinstance(v, dict) else {n: x for n, x in v.items() if x is not None}
+                      for k, v in d["model"].items()}
         return d
 
     def identity_hash(self) -> str:

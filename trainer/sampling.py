@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec
+from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, encode_for
 from model.config import CodecConfig, EDMConfig, TextEncoderConfig
 
 
 @dataclass
 class Pipeline:
     dit: DeepFusionDiT
-    encoder: FrozenTextEncoder
+    encoders: list[FrozenTextEncoder]  # one per LLM branch the DiT reads
     codec: object
     edm: EDM
     resolution: tuple[int, int]  # default (height, width) in pixels
@@ -34,13 +34,13 @@ class Pipeline:
         factor = self.codec.factor
         shape = (self.codec.channels, h // factor, w // factor)
         out = []
-        layers = self.dit.text_layers[0]  # only the LLM states the DiT reads
         for start in range(0, len(prompts), batch):
             p, s = prompts[start : start + batch], seeds[start : start + batch]
-            cond, uncond = self.encoder(p, layers=layers), self.encoder([""] * len(p), layers=layers)
+            cond, uncond = encode_for(self.dit, self.encoders, p), encode_for(self.dit, self.encoders, [""] * len(p))
             # each image gets its own generator: the result does not depend on batching
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in s])
-            x = self.edm.sample(self.dit, noise.shape, ([cond.hidden], [cond.mask]), ([uncond.hidden], [uncond.mask]),
+            x = self.edm.sample(self.dit, noise.shape, ([t.hidden for t in cond], [t.mask for t in cond]),
+                                ([t.hidden for t in uncond], [t.mask for t in uncond]),
                                 steps=steps, guidance=guidance, device=self.device, noise=noise)
             out.append(self.codec.decode(x).clamp(-1, 1).cpu())
         return torch.cat(out)
@@ -57,9 +57,10 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None) -> Pipeline
     info = json.loads((path / "inference.json").read_text())
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dit = DeepFusionDiT.from_pretrained(str(path / "ema")).to(dev).eval()
-    encoder = FrozenTextEncoder(TextEncoderConfig(**info["text_encoder"]), device=dev)
+    encoders = [FrozenTextEncoder(TextEncoderConfig(**info[key]), device=dev)
+                for key in ("text_encoder", "text_encoder_2") if key in info]
     codec = build_codec(CodecConfig(**info["codec"]), device=dev)
-    return Pipeline(dit, encoder, codec, EDM(EDMConfig(**info["edm"])), tuple(info["resolution"]), dev)
+    return Pipeline(dit, encoders, codec, EDM(EDMConfig(**info["edm"])), tuple(info["resolution"]), dev)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from common.config import set_fields
-from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, get_preset
+from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, encode_for, get_preset, text_side
+from model.presets import layers_read
 from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
 from .checkpoint import Checkpoints, warm_start
@@ -75,13 +76,27 @@ def from_rank0(fn):
     return box[0]
 
 
-def model_configs(cfg: TrainConfig) -> tuple[DiTConfig, TextEncoderConfig, CodecConfig, EDMConfig]:
+def second_text_config(cfg: TrainConfig) -> TextEncoderConfig | None:
+    """The second LLM branch's encoder settings, when model.text_encoder_2.source is set."""
+    given = set_fields(cfg.model.text_encoder_2)
+    return TextEncoderConfig(**given) if given.get("source") else None
+
+
+def text_configs(cfg: TrainConfig) -> list[TextEncoderConfig]:
+    """The encoder settings of each LLM branch: the preset's with model.text_encoder's changes, and
+    the second LLM's when model.text_encoder_2.source is set."""
+    text = TextEncoderConfig(**{**asdict(get_preset(cfg.model.preset).text), **set_fields(cfg.model.text_encoder)})
+    return [text] + [c for c in [second_text_config(cfg)] if c is not None]
+
+
+def model_configs(cfg: TrainConfig, side: dict | None = None) -> tuple[DiTConfig, TextEncoderConfig, CodecConfig, EDMConfig]:
+    """The model's configs from the preset and the run's changes. `side`: the DiT fields the loaded
+    LLM(s) fix (text_side(encoders, ...)); without it the preset's LLM shape stands in."""
     preset = get_preset(cfg.model.preset)
     m = cfg.model
-    text = TextEncoderConfig(**{**asdict(preset.text), **set_fields(m.text_encoder)})
     codec = CodecConfig(**{**asdict(preset.codec), **set_fields(m.codec)})
-    dit = {**preset.dit.to_dict(), **set_fields(m.dit)}
-    return DiTConfig.from_dict(dit), text, codec, EDMConfig(**set_fields(m.edm))
+    dit = {**preset.dit.to_dict(), **set_fields(m.dit), **(side or {})}
+    return DiTConfig.from_dict(dit), text_configs(cfg)[0], codec, EDMConfig(**set_fields(m.edm))
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -138,11 +153,12 @@ def train(cfg: TrainConfig) -> dict:
              rank, world, device, cfg.global_batch, micro, accum, world)
 
     # Frozen parts: the LLM (the hidden layers the DiT reads) and the codec, no gradients, outside DeepSpeed.
-    dit_cfg, text_cfg, codec_cfg, edm_cfg = model_configs(cfg)
-    encoder = FrozenTextEncoder(text_cfg, device=device, cache_mb=cfg.text_cache_mb)
+    text_cfgs = text_configs(cfg)
+    encoders = [FrozenTextEncoder(c, device=device, cache_mb=cfg.text_cache_mb / len(text_cfgs)) for c in text_cfgs]
+    # The DiT's text side must match the LLM(s) it reads: widths, depths, heads from the LLMs.
+    conditioning = {**get_preset(cfg.model.preset).dit.to_dict(), **set_fields(cfg.model.dit)}["conditioning"]
+    dit_cfg, text_cfg, codec_cfg, edm_cfg = model_configs(cfg, text_side(encoders, conditioning))
     codec = build_codec(codec_cfg, device=device)
-    # The DiT's text side must match the LLM it reads: take its width and depth from the LLM.
-    dit_cfg.text_dims, dit_cfg.llm_layers = [encoder.hidden_size], [encoder.num_layers]
     if dit_cfg.in_channels != codec.channels:
         raise ValueError(f"model.dit.in_channels={dit_cfg.in_channels} but the codec gives {codec.channels} channels")
     if cfg.data.bucket_multiple % (codec.factor * dit_cfg.patch_size):
@@ -156,7 +172,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.deepspeed.activation_checkpointing:
         dit.enable_gradient_checkpointing()
     n_params = sum(p.numel() for p in dit.parameters())
-    text_layers = dit.text_layers[0]  # the LLM states it reads: only these are stacked (and cached)
+    log.info("DiT: %s parameters; %s", f"{n_params:,}", layers_read(dit_cfg))
     ema = EMA(dit, cfg.ema)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep_last, rank, cfg.checkpoint.elastic)
     init_from = None
@@ -185,7 +201,7 @@ def train(cfg: TrainConfig) -> dict:
     batches = iter(loader)
     runlog = RunLog(run_dir, rank, cfg.log.tensorboard)
     breakdown, truncations = LossBreakdown(), TruncationCount()
-    pipeline = Pipeline(ema.model, encoder, codec, edm, (cfg.data.resolution, cfg.data.resolution), device)
+    pipeline = Pipeline(ema.model, encoders, codec, edm, (cfg.data.resolution, cfg.data.resolution), device)
     grid_prompts = sample_prompts(cfg, loader)
 
     def sample_grid(at_step: int) -> Path | None:
@@ -205,6 +221,7 @@ def train(cfg: TrainConfig) -> dict:
                          "config_identity": cfg.identity(), "world": world, "loader": loader.stats.as_dict(),
                          "init_from": state.get("init_from")}
         inference = {"text_encoder": asdict(text_cfg), "codec": asdict(codec_cfg), "edm": asdict(edm_cfg),
+                     **({"text_encoder_2": asdict(text_cfgs[1])} if len(text_cfgs) > 1 else {}),
                      "resolution": [cfg.data.resolution, cfg.data.resolution],
                      "buckets": [list(b) for b in loader.planner.buckets], "step": at_step, "images": images,
                      "init_from": state.get("init_from")}
@@ -219,11 +236,13 @@ def train(cfg: TrainConfig) -> dict:
             batch = next(batches)
             with torch.no_grad():
                 budgets = [cfg.data.level_tokens.get(level, text_cfg.max_tokens) for level in batch.levels]
-                text = encoder(batch.captions, max_tokens=budgets, layers=text_layers)
-                truncations.add(batch.levels, text.lengths, text.budgets)
+                # only the LLM states the DiT reads are stacked (and cached), per branch
+                texts = encode_for(dit, encoders, batch.captions, max_tokens=budgets)
+                truncations.add(batch.levels, texts[0].lengths, texts[0].budgets)
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
             sigma, noise = training_noise(edm, cfg.seed, step, (micro_step * world + rank) * micro, x0.shape, device)
-            losses, sigmas = edm.loss(engine, x0, [text.hidden], [text.mask], sigma=sigma, noise=noise)
+            losses, sigmas = edm.loss(engine, x0, [t.hidden for t in texts], [t.mask for t in texts], sigma=sigma,
+                                      noise=noise)
             if batch.valid is None or bool(batch.valid.all()):
                 engine.backward(losses.mean())
                 breakdown.add(losses, sigmas, batch.levels)
@@ -251,8 +270,8 @@ def train(cfg: TrainConfig) -> dict:
                 "samples_without_caption": loader.stats.no_caption,
                 "corrupt_samples": loader.stats.corrupt_samples, "unreadable_shards": loader.stats.unreadable_shards,
             })
-            if encoder.cache is not None:
-                values.update(encoder.cache.stats())
+            if encoders[0].cache is not None:
+                values.update(encoders[0].cache.stats())
             runlog.write(step, values)
             log.info("step %d/%d  images %d  loss %.4f  %.1f img/s  data wait %.0f%%  skipped %d", step, cfg.steps,
                      images, values["loss"], values["images_per_s"], 100 * values["data_wait_fraction"],
