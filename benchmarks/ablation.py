@@ -1,16 +1,31 @@
-"""The conditioning ablation at equal compute: deep fusion vs last layer vs LI-DiT refiner, and
-caption-level sampling vs level-6-only, each trained on the same data and scored by `eval scenes`.
+"""The conditioning study: which way of reading a frozen LLM makes the demo-scale DiT follow its
+prompts, with training seeds, paired tests and parameters/FLOPs per arm.
 
-    .venv/bin/python benchmarks/ablation.py --n 1500 --steps 400 --workdir /tmp/ablation
+    .venv/bin/python benchmarks/ablation.py --workdir /tmp/study                      # everything
+    .venv/bin/python benchmarks/ablation.py --workdir /tmp/study --arms sparse one_to_one --seeds 0
+    .venv/bin/python benchmarks/ablation.py --workdir /tmp/study --report             # table from what is done
+    .venv/bin/python benchmarks/ablation.py --list                                    # the arms
 
-One synthetic scenes dataset (reference captions, 1-2 object groups, 64x64 renders); every arm
-trains the same DiT shape with the same steps, batch, optimiser, seed and data order, reading the
-real SmolLM2-135M (jobs/configs/train/demo.yaml, 32x32 pixels), and differs only in the named
-override. Equal compute means equal DiT steps x batch; the encoder is frozen and shared. Then
-`eval scenes` on held-out prompts (colour, exact RGB, shape, count, position, binding) with the
-same prompts and seeds for every arm; the table lists accuracy per category with Wilson 95%
-intervals, the analyser's ground-truth ceiling and chance. An arm that is rerun resumes (or
-reuses) its finished training run.
+Every arm is the demo's recipe (jobs/configs/train/demo.yaml: the real SmolLM2-135M, 32x32 pixels,
+Mix-FFN, cosine lr, the same steps, batch and data) and differs only in its overrides, printed by
+--list. One synthetic scenes dataset (reference captions, 1-2 object groups) is made once; each
+(arm, seed) is a training run under WORKDIR/runs/ARM/seedK, then `eval scenes` (the same prompts
+and sampling seeds for every arm) and a held-out denoising loss (eval prompts' own ground-truth
+renders at fixed noise levels and noise). A run whose result.json exists is reused and an
+interrupted run resumes from its last checkpoint, so the study can be completed over several
+sittings; `--arms`/`--seeds` select a part.
+
+Steps of the study:
+- `--sweep`: per arm, short runs at each of --lrs; the lr with the lowest held-out loss is that
+  arm's lr for the full runs (without a finished sweep an arm trains at the recipe's lr, and the
+  table says so). The single-layer arm's layer is picked the same way (--layers).
+- the full runs, `--seeds` each.
+- the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
+  interval over prompts and training runs, held-out loss, parameters and FLOPs per sample; every
+  arm against the reference arm (`--reference`, default sparse) by a paired bootstrap over
+  prompts and seeds (difference, interval, p) and McNemar per category; learning curves (eval
+  mean vs training images) of the --curves arms as WORKDIR/learning_curves.png; all of it in
+  WORKDIR/study.json and as a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -20,65 +35,305 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Every arm reads levels 1-6 with the same token budget, except the level-6-only arm.
-# The text-state cache (4 GB of host memory) sends each caption through the frozen LLM once per
-# arm: every arm reads the states an uncached run would (to float round-off), at a fraction of the cost.
-COMMON = ["data.level_weights={'1': 1, '2': 1, '3': 1, '4': 1, '5': 1, '6': 1}", "model.text_encoder.max_tokens=64",
-          "checkpoint.every_steps=500", "sample.prompts=[]", "text_cache_mb=4096"]
-ARMS = {
-    "deep fusion (6 of 30 layers), levels 1-6": ["model.dit.conditioning=deep_fusion"],
-    "last layer only, levels 1-6": ["model.dit.conditioning=last_layer"],
-    "LI-DiT refiner, levels 1-6": ["model.dit.conditioning=refiner"],
-    "deep fusion, level 6 only": ["model.dit.conditioning=deep_fusion", "data.level_weights={'6': 1}"],
+SIX_LEVELS = "{'1': 1, '2': 1, '3': 1, '4': 1, '5': 1, '6': 1}"
+
+
+@dataclass
+class Arm:
+    label: str
+    overrides: list[str]
+    sweep_layer: bool = False  # the single-layer control: its layer is picked by the sweep
+
+
+ARMS: dict[str, Arm] = {
+    "one_to_one": Arm("deep fusion one-to-one (PGv3: 30 narrow blocks, block i reads layer i)",
+                      ["model.preset=mirror", "model.dit.width=64", "model.dit.depth=30", "model.dit.heads=2"]),
+    "sparse": Arm("deep fusion sparse (the demo: 6 blocks read 6 of 30 layers)", []),
+    "shared_kv": Arm("shared K/V (FuseDiT: the LLM's own keys/values per layer; width 192, 3 heads of 64)",
+                     ["model.dit.conditioning=shared_kv", "model.dit.width=192", "model.dit.heads=3"]),
+    "last_layer": Arm("last layer only", ["model.dit.conditioning=last_layer"]),
+    "single_layer": Arm("best single layer (picked on held-out loss)", ["model.dit.conditioning=single_layer"],
+                        sweep_layer=True),
+    "refiner": Arm("LI-DiT refiner (layer -3, 2 gated refiner blocks)", ["model.dit.conditioning=refiner"]),
+    "refiner_2llm": Arm("LI-DiT collaborative refiner (SmolLM2 + Gemma-3-270M)",
+                        ["model.dit.conditioning=refiner", "model.text_encoder_2.source=gemma3"]),
+    # the multi-level-caption claim, on the demo's DiT, at budgets where nothing is truncated
+    # (data.level_tokens' defaults hold every reference caption; the trainer counts truncations)
+    "levels_all": Arm("deep fusion sparse, caption levels 1-6", [f"data.level_weights={SIX_LEVELS}"]),
+    "level6_only": Arm("deep fusion sparse, level 6 only", ["data.level_weights={'6': 1}"]),
+    "level1_only": Arm("deep fusion sparse, level 1 only", ["data.level_weights={'1': 1}"]),
 }
+
+
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm}/seed{seed}"
+
+
+class Study:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.workdir).resolve()
+        self.dataset = self.work / "dataset"
+        self.cli = [sys.executable, "-m", "jobs.cli"]
+
+    # -- data ------------------------------------------------------------------------------
+    def make_data(self) -> None:
+        if (self.dataset / "manifest.json").exists():
+            return
+        corpus = self.work / "corpus"
+        # the demo's corpus (jobs/commands/demo.py) without its faults and duplicates
+        subprocess.run([*self.cli, "scenes", "make", str(corpus), f"n={self.args.n}", "max_groups=2",
+                        "text_probability=0"], check=True)
+        subprocess.run([*self.cli, "scenes", "dataset", str(corpus), str(self.dataset)], check=True)
+
+    # -- one training run ------------------------------------------------------------------
+    def train(self, run_dir: Path, overrides: list[str], steps: int, seed: int, keep: int = 1) -> float:
+        every = self.args.curve_every if keep > 1 else max(steps // 4, 50)
+        t0 = time.time()
+        subprocess.run([*self.cli, "train", "--config", "demo", f"run_dir={run_dir}", f"data.root={self.dataset}",
+                        f"steps={steps}", f"seed={seed}", "sample.every_steps=0", "sample.prompts=[]",
+                        "sample.from_dataset=0", f"checkpoint.every_steps={every}", f"checkpoint.keep_last={keep}",
+                        *overrides], check=True)
+        return time.time() - t0
+
+    def arm_overrides(self, arm: str) -> tuple[list[str], dict]:
+        """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which."""
+        overrides, picked = list(ARMS[arm].overrides), {}
+        sweep = self.work / "sweeps" / arm / "picked.json"
+        if sweep.exists():
+            picked = json.loads(sweep.read_text())
+            overrides.append(f"optim.lr={picked['lr']}")
+            if "layer" in picked:
+                overrides.append(f"model.dit.text_layer={picked['layer']}")
+        elif ARMS[arm].sweep_layer:
+            overrides.append(f"model.dit.text_layer={self.args.layers[-1]}")
+            picked = {"layer": self.args.layers[-1], "unswept": True}
+        return overrides, picked
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self, arm: str) -> dict:
+        out = self.work / "sweeps" / arm
+        if (out / "picked.json").exists():
+            return json.loads((out / "picked.json").read_text())
+        layers = self.args.layers if ARMS[arm].sweep_layer else [None]
+        tried = []
+        for layer in layers:
+            for lr in self.args.lrs:
+                name = f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
+                run_dir = out / name
+                done = run_dir / "heldout.json"
+                if not done.exists():
+                    extra = [f"optim.lr={lr}"] + ([f"model.dit.text_layer={layer}"] if layer is not None else [])
+                    self.train(run_dir, ARMS[arm].overrides + extra, self.args.sweep_steps, seed=0)
+                    done.write_text(json.dumps(self.heldout(run_dir)) + "\n")
+                tried.append({"lr": lr, "layer": layer, **json.loads(done.read_text())})
+                print(f"sweep {arm} {name}: held-out loss {tried[-1]['loss']:.4f}", flush=True)
+        best = min(tried, key=lambda t: t["loss"])
+        picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
+                  "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
+        (out / "picked.json").write_text(json.dumps(picked, indent=1) + "\n")
+        return picked
+
+    # -- the full runs ---------------------------------------------------------------------
+    def full_run(self, arm: str, seed: int) -> dict:
+        from jobs.eval_scenes import evaluate
+
+        run_dir = self.work / "runs" / arm / f"seed{seed}"
+        result = run_dir / "result.json"
+        if result.exists():
+            return json.loads(result.read_text())
+        overrides, picked = self.arm_overrides(arm)
+        curves = arm in self.args.curves
+        train_s = self.train(run_dir, overrides, self.args.steps, seed, keep=1000 if curves else 1)
+        t0 = time.time()
+        report = evaluate(str(run_dir), self.eval_config(), run_dir / "eval")
+        eval_s = time.time() - t0
+        curve = self.curve(run_dir) if curves else []
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses = [m["loss"] for m in metrics if "loss" in m]
+        out = {"arm": arm, "seed": seed, "overrides": overrides, "picked": picked, "train_s": round(train_s, 1),
+               "eval_s": round(eval_s, 1), "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
+               "skipped_steps": metrics[-1].get("skipped_steps", 0) if metrics else 0, **self.heldout(run_dir),
+               **self.cost(run_dir), "report": str(run_dir / "eval" / "report.json"), "curve": curve}
+        result.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"{arm} seed {seed}: mean {report['model']['overall']['accuracy']:.1%}, held-out loss {out['loss']:.4f}, "
+              f"trained in {train_s:.0f}s", flush=True)
+        return out
+
+    def eval_config(self, per_category: int | None = None):
+        from jobs.eval_scenes import EvalConfig
+
+        return EvalConfig(per_category=per_category or self.args.per_category, seeds=list(self.args.eval_seeds),
+                          steps=16, unconditional=8)
+
+    def heldout(self, run_dir: Path) -> dict:
+        from jobs.eval_scenes import heldout_loss
+
+        return heldout_loss(str(run_dir), prompts=self.args.heldout)
+
+    def curve(self, run_dir: Path) -> list[dict]:
+        """Eval mean (fewer prompts) at every kept checkpoint: the learning curve."""
+        from jobs.eval_scenes import evaluate
+
+        points = []
+        for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
+            step = int(ckpt.name.split("_")[1])
+            report = evaluate(str(ckpt), self.eval_config(self.args.curve_prompts))
+            points.append({"step": step, "images": step * 16, "mean": report["model"]["overall"]["accuracy"]})
+        return points
+
+    def cost(self, run_dir: Path) -> dict:
+        """Parameters and analytic training FLOPs per sample of the trained DiT, at the largest
+        token budget of the levels it sampled (an upper bound on its text length)."""
+        from model import count_parameters, dit_forward_flops
+        from model.config import DiTConfig
+
+        ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+        dit = DiTConfig(**json.loads((ckpt / "ema" / "config.json").read_text())["dit"])
+        info = json.loads((ckpt / "inference.json").read_text())
+        data = json.loads((run_dir / "config.json").read_text())["data"]
+        tokens = max(data["level_tokens"].get(level, info["text_encoder"]["max_tokens"]) for level in data["level_weights"])
+        factor = info["codec"]["factor"] if info["codec"]["kind"] == "pixels" else 8
+        latent = (info["resolution"][0] // factor, info["resolution"][1] // factor)
+        return {"dit_params": count_parameters(dit), "text_tokens_max": tokens,
+                "dit_train_gflops_per_sample": round(3 * dit_forward_flops(dit, latent, tokens) / 1e9, 4)}
+
+    # -- the report ------------------------------------------------------------------------
+    def report(self, arms: list[str]) -> dict:
+        from jobs.paired_stats import arm_outcomes, bootstrap_mean, mcnemar, paired_bootstrap
+        from scenes.eval_prompts import IN_DISTRIBUTION
+
+        results = {a: [json.loads(p.read_text()) for p in sorted((self.work / "runs" / a).glob("seed*/result.json"))]
+                   for a in arms}
+        results = {a: r for a, r in results.items() if r}
+        if not results:
+            print("no finished runs yet")
+            return {}
+        reports = {a: [json.loads(Path(r["report"]).read_text()) for r in rs] for a, rs in results.items()}
+        ref = self.args.reference if self.args.reference in reports else next(iter(reports))
+        scored = {e["category"] for e in reports[ref][0]["examples"]}
+        cats = [c for c in IN_DISTRIBUTION if c in scored]
+        keys = arm_outcomes(reports[ref][:1], cats).keys
+        outcomes = {a: arm_outcomes(rs, cats, keys) for a, rs in reports.items()}
+        table = {}
+        for a, rs in results.items():
+            o = outcomes[a]
+            per_cat = {c: round(float(o.hits[:, [i for i, k in enumerate(keys) if k[0] == c]].mean()), 4) for c in cats}
+            row = {"label": ARMS[a].label, "seeds": [r["seed"] for r in rs], "categories": per_cat,
+                   "mean": bootstrap_mean(o, self.args.n_boot), "held_out_loss": _mean_sd([r["loss"] for r in rs]),
+                   "dit_params": rs[0]["dit_params"], "dit_train_gflops_per_sample": rs[0]["dit_train_gflops_per_sample"],
+                   "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": rs[0]["picked"]}
+            if a != ref:
+                row["vs_reference"] = {"bootstrap": paired_bootstrap(o, outcomes[ref], self.args.n_boot),
+                                       "mcnemar": {c: mcnemar(o, outcomes[ref], c) for c in cats}}
+            table[a] = row
+        study = {"reference": ref, "categories": cats, "steps": self.args.steps, "eval": self.eval_config().__dict__,
+                 "arms": table, "curves": {a: [r["curve"] for r in rs] for a, rs in results.items() if rs[0]["curve"]}}
+        (self.work / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+        if study["curves"]:
+            plot_curves(study["curves"], self.work / "learning_curves.png")
+        print(format_table(study))
+        return study
+
+
+def _mean_sd(values: list[float]) -> list[float]:
+    import statistics
+
+    return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
+
+
+def format_table(study: dict) -> str:
+    cats, ref = study["categories"], study["reference"]
+    lines = [f"| arm | seeds | " + " | ".join(cats) + " | mean [95% CI] | vs " + ref + " (diff [CI], p) | held-out loss "
+             "| DiT params | train GFLOPs/sample |", "|---" * (len(cats) + 7) + "|"]
+    for a, row in study["arms"].items():
+        m = row["mean"]
+        vs = row.get("vs_reference", {}).get("bootstrap")
+        vs_text = f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}], p={vs['p']:.3f}" if vs else "(reference)"
+        loss = row["held_out_loss"]
+        lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
+                     + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {loss[0]:.4f} ± {loss[1]:.4f}"
+                     f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420)) -> None:
+    """Eval mean vs training images, one colour per arm (each seed its own line), drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+    w, h = size
+    left, right, top, bottom = 60, 200, 20, 50
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    xmax = max(p["images"] for runs in curves.values() for run in runs for p in run) or 1
+    ymax = min(1.0, max(p["mean"] for runs in curves.values() for run in runs for p in run) * 1.2 + 0.05)
+    X = lambda v: left + (w - left - right) * v / xmax  # noqa: E731
+    Y = lambda v: h - bottom - (h - top - bottom) * v / ymax  # noqa: E731
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    for k in range(6):
+        v = ymax * k / 5
+        d.text((5, Y(v) - 6), f"{v:.0%}", fill="black")
+        d.line([(left - 4, Y(v)), (left, Y(v))], fill="black")
+        x = xmax * k / 5
+        d.text((X(x) - 15, h - bottom + 6), f"{x:,.0f}", fill="black")
+    d.text((left + 120, h - 20), "training images", fill="black")
+    d.text((left + 5, top - 15), "eval scenes mean (in-distribution categories)", fill="black")
+    for n, (arm, runs) in enumerate(curves.items()):
+        colour = colours[n % len(colours)]
+        for run in runs:
+            pts = [(X(p["images"]), Y(p["mean"])) for p in run]
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        d.text((w - right + 10, top + 16 * n), arm, fill=colour)
+    img.save(path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1500, help="scenes in the training set")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--per-category", type=int, default=30, help="held-out prompts per category")
-    ap.add_argument("--workdir", default="/tmp/ablation")
-    ap.add_argument("--arms", nargs="+", help="a subset of the arm names (default: all)")
+    ap.add_argument("--workdir", default="/tmp/study")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per arm")
+    ap.add_argument("--n", type=int, default=2000, help="scenes in the training set (the demo's corpus size)")
+    ap.add_argument("--steps", type=int, default=1400, help="steps per full run (the demo's)")
+    ap.add_argument("--per-category", type=int, default=40, help="held-out eval prompts per category")
+    ap.add_argument("--eval-seeds", nargs="+", type=int, default=[0, 1], help="sampling seeds per eval prompt")
+    ap.add_argument("--heldout", type=int, default=64, help="prompts in the held-out loss")
+    ap.add_argument("--sweep", action="store_true", help="run the lr (and layer) sweep of the selected arms first")
+    ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 4e-3])
+    ap.add_argument("--layers", nargs="+", type=int, default=[8, 15, 22, 28], help="single-layer candidates (hidden-state indices; 28 = LI-DiT's -3 of 30)")
+    ap.add_argument("--sweep-steps", type=int, default=400)
+    ap.add_argument("--curves", nargs="*", default=["one_to_one", "sparse"], help="arms with learning curves")
+    ap.add_argument("--curve-every", type=int, default=350, help="steps between learning-curve points")
+    ap.add_argument("--curve-prompts", type=int, default=16, help="eval prompts per category at a curve point")
+    ap.add_argument("--reference", default="sparse", help="the arm every other is compared with")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--report", action="store_true", help="only the table, from the finished runs")
+    ap.add_argument("--list", action="store_true", help="print the arms and their overrides")
     args = ap.parse_args()
 
-    from jobs.eval_scenes import EvalConfig, evaluate
-
-    work = Path(args.workdir)
-    corpus, dataset = work / "corpus", work / "dataset"
-    cli = [sys.executable, "-m", "jobs.cli"]
-    if not (dataset / "manifest.json").exists():
-        subprocess.run([*cli, "scenes", "make", "--n", str(args.n), "--sizes", "64x64", "--max-groups", "2",
-                        "--text-probability", "0", "--out", str(corpus)], check=True)
-        subprocess.run([*cli, "scenes", "dataset", str(corpus), str(dataset)], check=True)
-    rows = []
-    for name in args.arms or ARMS:
-        run_dir = work / "runs" / name.split(",")[0].replace(" ", "_").replace("(", "").replace(")", "")
-        run_dir = run_dir.with_name(run_dir.name + ("_l6" if "level 6 only" in name else ""))
-        t0 = time.time()
-        subprocess.run([*cli, "train", "--config", "demo", f"run_dir={run_dir}", f"data.root={dataset}",
-                        f"steps={args.steps}", *COMMON, *ARMS[name]], check=True)
-        train_s = time.time() - t0
-        report = evaluate(str(run_dir), EvalConfig(per_category=args.per_category, seeds=[0]), run_dir / "eval")
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        rows.append((name, report, train_s, sum(m["loss"] for m in metrics[-5:]) / 5))
-        print(f"{name}: overall {report['model']['overall']['accuracy']:.1%} (training {train_s:.0f}s)", flush=True)
-
-    cats = [c for c in rows[0][1]["model"] if c != "overall"]
-    cell = lambda r: f"{r['accuracy']:.0%} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"  # noqa: E731
-    print("\n| arm | " + " | ".join(cats) + " | mean | final loss | train s |")
-    print("|---" * (len(cats) + 4) + "|")
-    for name, report, train_s, loss in rows:
-        m = report["model"]
-        print(f"| {name} | " + " | ".join(cell(m[c]) for c in cats) + f" | {m['overall']['accuracy']:.1%} | {loss:.3f} | {train_s:.0f} |")
-    for label, key in (("ground truth (analyser ceiling)", "ground_truth"), ("chance", "chance")):
-        r = rows[0][1][key]
-        print(f"| {label} | " + " | ".join(cell(r[c]) for c in cats) + f" | {r['overall']['accuracy']:.1%} | | |")
+    if args.list:
+        for name, arm in ARMS.items():
+            print(f"{name:14s} {arm.label}\n{'':14s} {' '.join(arm.overrides) or '(the demo recipe as it is)'}")
+        return
+    study = Study(args)
+    if not args.report:
+        study.make_data()
+        if args.sweep:
+            for arm in args.arms:
+                study.sweep(arm)
+        for seed in args.seeds:  # a seed of every arm before the next seed: partial studies stay balanced
+            for arm in args.arms:
+                study.full_run(arm, seed)
+    study.report(list(ARMS))
 
 
 if __name__ == "__main__":

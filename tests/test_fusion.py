@@ -282,6 +282,14 @@ def test_two_llm_refiner_and_shared_kv_train_and_sample_end_to_end(tmp_path, tin
         assert sample.returncode == 0, sample.stderr[-2000:]
         assert (run_dir / "out" / "000_seed0.png").stat().st_size > 0
 
+    # the study's held-out loss reads both encoders too: the same inputs give the same number
+    from jobs.eval_scenes import heldout_loss
+
+    first, again = heldout_loss(two, prompts=8), heldout_loss(two, prompts=8)
+    assert first == again and first["prompts"] == 8 and len(first["per_sigma"]) == 7
+    assert all(v > 0 and v == v for v in first["per_sigma"].values())
+    assert heldout_loss(shared, prompts=8)["loss"] != first["loss"]
+
 
 def test_kv_states_keep_every_token_on_sliding_window_layers(tmp_path):
     """Gemma's sliding-window layers cache only their window; the shared states still hold every token."""

@@ -1,0 +1,121 @@
+"""The conditioning study's statistics (jobs/paired_stats.py), its held-out loss and its report
+(benchmarks/ablation.py --report) on runs whose outcomes are known."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from jobs.paired_stats import (arm_outcomes, bootstrap_mean, category_mean, exact_binomial_two_sided, mcnemar,
+                               paired_bootstrap)
+
+CATS = ("colour", "shape", "count")
+
+
+def fake_report(hit, prompts: int = 30, seeds=(0, 1), checkpoint: str = "run") -> dict:
+    """A report whose image (category, prompt k, seed) was followed iff hit(category, k, seed)."""
+    return {"checkpoint": checkpoint, "examples": [
+        {"category": c, "prompt": f"{c} prompt {k}", "seed": s, "followed": bool(hit(c, k, s))}
+        for c in CATS for k in range(prompts) for s in seeds]}
+
+
+def bernoulli(p: float, rng: np.random.Generator):
+    table = {}
+    return lambda c, k, s: table.setdefault((c, k, s), rng.random() < p)
+
+
+def test_exact_binomial_matches_the_closed_form():
+    assert exact_binomial_two_sided(0, 0) == 1.0
+    assert exact_binomial_two_sided(5, 10) == 1.0
+    assert math.isclose(exact_binomial_two_sided(1, 10), 2 * (1 + 10) / 1024)
+    assert math.isclose(exact_binomial_two_sided(9, 10), 2 * (1 + 10) / 1024)
+    assert math.isclose(exact_binomial_two_sided(0, 5), 2 / 32)
+
+
+def test_identical_arms_differ_by_nothing():
+    rng = np.random.default_rng(0)
+    runs = [fake_report(bernoulli(0.6, rng)) for _ in range(3)]
+    a = arm_outcomes(runs)
+    b = arm_outcomes(runs, keys=a.keys)
+    boot = paired_bootstrap(a, b, n_boot=300)
+    # each arm's training runs are resampled on their own (independent runs), so the interval of
+    # two identical arms is not a point, but it is centred on nothing
+    assert boot["diff"] == 0 and boot["ci95"][0] < 0 < boot["ci95"][1] and boot["p"] > 0.5
+    one = arm_outcomes(runs[:1])
+    assert paired_bootstrap(one, arm_outcomes(runs[:1]), n_boot=300)["ci95"] == [0, 0]  # one run: prompts alone
+    assert mcnemar(a, b) == {"a_only": 0, "b_only": 0, "pairs": a.hits.size, "p": 1.0}
+
+
+def test_a_real_difference_is_found_and_its_interval_covers_the_truth():
+    rng = np.random.default_rng(1)
+    good = arm_outcomes([fake_report(bernoulli(0.7, rng)) for _ in range(3)])
+    bad = arm_outcomes([fake_report(bernoulli(0.4, rng)) for _ in range(3)], keys=good.keys)
+    boot = paired_bootstrap(good, bad, n_boot=1000)
+    lo, hi = boot["ci95"]
+    assert lo < 0.3 < hi and lo > 0 and boot["p"] < 0.01
+    assert abs(boot["diff"] - (category_mean(good.hits, good.keys) - category_mean(bad.hits, bad.keys))) < 1e-4
+    test = mcnemar(good, bad)
+    assert test["a_only"] > test["b_only"] and test["p"] < 0.01
+    # the same arms compared the other way round: the sign flips, the evidence does not
+    back = paired_bootstrap(bad, good, n_boot=1000)
+    assert back["diff"] == -boot["diff"] and back["p"] < 0.01
+
+
+def test_the_interval_on_the_mean_widens_with_run_to_run_variance():
+    """Runs that disagree (one seed learnt, one did not) leave a wider interval than runs that agree."""
+    rng = np.random.default_rng(2)
+    agree = arm_outcomes([fake_report(bernoulli(0.5, rng)) for _ in range(4)])
+    split = arm_outcomes([fake_report(bernoulli(p, rng), checkpoint=str(p)) for p in (0.1, 0.9, 0.1, 0.9)],
+                         keys=agree.keys)
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    ma, ms = bootstrap_mean(agree, 1000), bootstrap_mean(split, 1000)
+    assert ma["ci95"][0] <= ma["mean"] <= ma["ci95"][1]
+    assert width(ms) > 2 * width(ma)
+
+
+def test_the_mean_weighs_categories_equally():
+    report = fake_report(lambda c, k, s: c == "colour")  # one category of three right
+    arm = arm_outcomes([report])
+    assert math.isclose(category_mean(arm.hits, arm.keys), 1 / 3)
+    assert arm_outcomes([report], categories=["colour"]).hits.mean() == 1.0
+
+
+def test_reports_on_other_prompts_are_refused():
+    a = fake_report(lambda *_: True, prompts=10)
+    b = fake_report(lambda *_: True, prompts=8)
+    with pytest.raises(ValueError, match="same eval settings"):
+        arm_outcomes([a, b])
+
+
+def test_the_study_report_from_finished_runs(tmp_path):
+    """`ablation.py --report` on two arms of known outcomes: table, paired test, curves PNG."""
+    rng = np.random.default_rng(3)
+    for arm, p in (("sparse", 0.3), ("one_to_one", 0.8)):
+        for seed in (0, 1):
+            run = tmp_path / "runs" / arm / f"seed{seed}"
+            (run / "eval").mkdir(parents=True)
+            (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
+            curve = [{"step": s, "images": 16 * s, "mean": p * s / 300} for s in (100, 200, 300)]
+            (run / "result.json").write_text(json.dumps({
+                "arm": arm, "seed": seed, "picked": {}, "train_s": 1.0, "loss": 0.2 + seed / 100,
+                "dit_params": 1000, "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"),
+                "curve": curve}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--workdir", str(tmp_path),
+                          "--report", "--n-boot", "300"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert study["reference"] == "sparse" and set(study["arms"]) == {"sparse", "one_to_one"}
+    vs = study["arms"]["one_to_one"]["vs_reference"]
+    assert vs["bootstrap"]["diff"] > 0.3 and vs["bootstrap"]["p"] < 0.01
+    assert set(vs["mcnemar"]) == set(CATS) and all(v["p"] < 0.05 for v in vs["mcnemar"].values())
+    assert "| one_to_one:" in out.stdout and "p=" in out.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "learning_curves.png") as img:
+        assert img.size == (720, 420) and len(img.convert("RGB").getcolors(1 << 16)) > 3  # lines, not a blank page
