@@ -21,7 +21,8 @@ Steps of the study:
   table says so). The single-layer arm's layer is picked the same way (--layers).
 - the full runs, `--seeds` each.
 - the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
-  interval over prompts and training runs, held-out loss, parameters and FLOPs per sample; every
+  interval over prompts and training runs, the clean-scene rate (image quality, beside the
+  alignment numbers), held-out loss, parameters and FLOPs per sample; every
   arm against the reference arm (`--reference`, default sparse) by a paired bootstrap over
   prompts and seeds (difference, interval, p) and McNemar per category; learning curves (eval
   mean vs training images) of the --curves arms as WORKDIR/learning_curves.png; all of it in
@@ -228,7 +229,8 @@ class Study:
             row = {"label": ARMS[a].label, "seeds": [r["seed"] for r in rs], "categories": per_cat,
                    "mean": bootstrap_mean(o, self.args.n_boot), "held_out_loss": _mean_sd([r["loss"] for r in rs]),
                    "dit_params": rs[0]["dit_params"], "dit_train_gflops_per_sample": rs[0]["dit_train_gflops_per_sample"],
-                   "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": rs[0]["picked"]}
+                   "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": rs[0]["picked"],
+                   "clean_scenes": clean_rate(reports[a])}
             if a != ref:
                 row["vs_reference"] = {"bootstrap": paired_bootstrap(o, outcomes[ref], self.args.n_boot),
                                        "mcnemar": {c: mcnemar(o, outcomes[ref], c) for c in cats}}
@@ -242,6 +244,13 @@ class Study:
         return study
 
 
+def clean_rate(reports: list[dict]) -> float | None:
+    """The share of an arm's prompted samples that are clean scenes (image quality), pooled over
+    its runs; None for reports from before the eval measured it."""
+    flags = [e["clean"] for r in reports for e in r["examples"] if "clean" in e]
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
 def _mean_sd(values: list[float]) -> list[float]:
     import statistics
 
@@ -250,15 +259,17 @@ def _mean_sd(values: list[float]) -> list[float]:
 
 def format_table(study: dict) -> str:
     cats, ref = study["categories"], study["reference"]
-    lines = [f"| arm | seeds | " + " | ".join(cats) + " | mean [95% CI] | vs " + ref + " (diff [CI], p) | held-out loss "
-             "| DiT params | train GFLOPs/sample |", "|---" * (len(cats) + 7) + "|"]
+    lines = [f"| arm | seeds | " + " | ".join(cats) + " | mean [95% CI] | vs " + ref + " (diff [CI], p) | clean scenes "
+             "| held-out loss | DiT params | train GFLOPs/sample |", "|---" * (len(cats) + 8) + "|"]
     for a, row in study["arms"].items():
         m = row["mean"]
         vs = row.get("vs_reference", {}).get("bootstrap")
         vs_text = f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}], p={vs['p']:.3f}" if vs else "(reference)"
         loss = row["held_out_loss"]
+        clean = "-" if row.get("clean_scenes") is None else f"{row['clean_scenes']:.0%}"
         lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
-                     + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {loss[0]:.4f} ± {loss[1]:.4f}"
+                     + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {clean}"
+                     f" | {loss[0]:.4f} ± {loss[1]:.4f}"
                      f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ Per row: each category (Wilson 95% intervals over its prompt x seed images); pos
 binding again conditional on both named objects being found (`|found`, with how often they
 were); binding's attribute-swap pairs scored as pairs (both right); `overall`, the mean over the
 in-distribution categories with a normal-approximation interval. Out-of-distribution categories
-(rgb, shape_colourless) are reported apart and are not in the mean.
+(rgb, shape_colourless) are reported apart and are not in the mean. `quality`: the clean-scene
+rate (scenes/analyse.py clean_scene, prompt-independent) of the model's samples next to that of
+ground-truth renders and of the downscaled renders a trainer sees.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_yaml_config
-from scenes.analyse import Fact, both_found, calibrate, check, facts_from_image, facts_from_scene
+from scenes.analyse import Fact, both_found, calibrate, check, clean_scene, facts_from_image, facts_from_scene
 from scenes.eval_prompts import CATEGORIES, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, TWO_OBJECTS, Spec, make_specs
 from scenes.render import render
 
@@ -138,6 +140,27 @@ def ground_truth(specs: list[Spec], size: tuple[int, int]) -> dict:
     return score(specs, [facts_from_image(render(s.scene), calib) for s in specs])
 
 
+def quality(model_clean: list[bool], uncond_clean: list[bool], specs: list[Spec], size: tuple[int, int],
+            cfg: EvalConfig) -> dict:
+    """The clean-scene rate (scenes/analyse.py clean_scene), an image-quality number beside the
+    alignment rows: the model's prompted and unprompted samples, the ground-truth renders at this
+    resolution, and `data`: the same scenes rendered at 8x and downscaled as the trainer's loader
+    does (what the model was shown: blended edges, small objects below the analyser's minimum)."""
+    from PIL import Image
+
+    from trainer.buckets import resize_to_bucket
+
+    w, h = size
+    calib = calibrate((w, h))
+    truth = [clean_scene(render(s.scene), calib) for s in specs]
+    large = make_specs(cfg.per_category, (8 * w, 8 * h), cfg.prompt_seed, tuple(cfg.categories))
+    data = [clean_scene(Image.fromarray(resize_to_bucket(render(s.scene), (h, w)).permute(1, 2, 0).numpy()), calib)
+            for s in large]
+    return {"model": _cell(sum(model_clean), len(model_clean)),
+            "unconditional": _cell(sum(uncond_clean), len(uncond_clean)),
+            "ground_truth": _cell(sum(truth), len(truth)), "data": _cell(sum(data), len(data))}
+
+
 def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) -> dict:
     """Generate, analyse, score; with `out`, also write report.json, samples.png and one grid PNG
     per category, each image labelled with its prompt."""
@@ -153,7 +176,9 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     prompts = [s.prompt for s, _ in runs] + [""] * n_uncond
     seeds = [seed for _, seed in runs] + [10_000 + k for k in range(n_uncond)]
     images = pipe.generate(prompts, seeds, steps=cfg.steps, guidance=cfg.guidance, size=(h, w), batch=cfg.batch)
-    facts = [facts_from_image(to_pil(img), calib) for img in images]
+    pils = [to_pil(img) for img in images]
+    facts = [facts_from_image(p, calib) for p in pils]
+    clean = [clean_scene(p, calib) for p in pils]
     model_facts, uncond_facts = facts[: len(runs)], facts[len(runs):]
     run_specs = [s for s, _ in runs]
     pair_keys = [None if s.pair is None else (s.pair, seed) for s, seed in runs]
@@ -165,8 +190,9 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
         # the empty prompt's samples in place of each prompt's: image k of the runs -> uncond k mod n
         "unconditional": score(run_specs, [uncond_facts[k % n_uncond] for k in range(len(runs))], pair_keys),
         "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs),
-        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit}
-                     for (s, seed), hit in zip(runs, hits)],
+        "quality": quality(clean[: len(runs)], clean[len(runs):], specs, (w, h), cfg),
+        "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit, "clean": ok}
+                     for (s, seed), hit, ok in zip(runs, hits, clean)],
     }
     if out is not None:
         out = Path(out)
@@ -262,6 +288,11 @@ def format_report(report: dict) -> str:
     if outside:
         lines.append("  outside the training distribution (not in the mean):")
         lines += [line(c, c) for c in outside]
+    q = report.get("quality")
+    if q:
+        cell = lambda v: f"{v['accuracy']:.0%} [{v['ci95'][0]:.2f},{v['ci95'][1]:.2f}]"  # noqa: E731
+        lines.append(f"  image quality, clean scenes: model {cell(q['model'])}, unconditional {cell(q['unconditional'])}, "
+                     f"ground-truth renders {cell(q['ground_truth'])}, downscaled training-like renders {cell(q['data'])}")
     lines.append("  |found: among images where both named objects were found (f: how often they were); "
                  "binding_pairs: both prompts of an attribute-swap pair right")
     return "\n".join(lines)

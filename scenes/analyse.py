@@ -110,6 +110,28 @@ def facts_from_image(image: Image.Image, calib: Calibration | None = None) -> li
     return sorted(facts, key=lambda f: -f.area)
 
 
+CLEAN_OBJECT_SHARE = 0.8  # of the object pixels, in regions of at least the calibrated minimum area
+CLEAN_BACKGROUND_DEVIATION = 4.0  # mean absolute deviation (0-255) of the background from its median
+
+
+def clean_scene(image: Image.Image, calib: Calibration | None = None) -> bool:
+    """A prompt-independent image-quality check: the image looks like a scene of the corpus, i.e.
+    at least one object region; at least CLEAN_OBJECT_SHARE of its object (chromatic) pixels in
+    regions the analyser counts as objects, not specks; and a flat background (the neutral pixels
+    away from objects deviate from their median by at most CLEAN_BACKGROUND_DEVIATION on average).
+    Ground-truth renders are all clean; noise and speckle are not."""
+    calib = calib or calibrate(tuple(image.size))
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    chromatic = (arr.max(-1) - arr.min(-1)) >= MIN_CHROMA
+    in_objects = sum(area for _, area, *_ in regions(image, calib.min_area))
+    if in_objects == 0 or in_objects < CLEAN_OBJECT_SHARE * chromatic.sum():
+        return False
+    background = arr[~ndimage.binary_dilation(chromatic, structure=np.ones((3, 3)))]
+    if len(background) == 0:
+        return False
+    return float(np.abs(background - np.median(background, 0)).mean()) <= CLEAN_BACKGROUND_DEVIATION
+
+
 def facts_from_scene(scene: Scene) -> list[Fact]:
     area = {"circle": math.pi, "square": 4.0, "triangle": 1.299}  # times r^2
     facts = [Fact(o.color, o.shape, o.cx, o.cy, area[o.shape] * o.r**2, tuple(o.rgb)) for o in scene.objects]

@@ -145,3 +145,33 @@ def test_cli_reference_rows(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 1 and "categories must be a non-empty subset" in bad.stderr
     json.dumps(chance(make_specs(3, (32, 32))))  # reports are plain JSON
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64)])
+def test_clean_scene_rate_is_full_on_renders_and_empty_on_noise_speckle_and_blanks(size):
+    """The image-quality number beside alignment: every ground-truth render is a clean scene; noise,
+    a render sprinkled with coloured specks, a grainy background and a blank background are not."""
+    from scenes.analyse import clean_scene
+
+    calib = calibrate(size)
+    specs = make_specs(10, size, seed=5)
+    renders = [render(s.scene) for s in specs]
+    assert all(clean_scene(img, calib) for img in renders)
+    rng = np.random.default_rng(0)
+    w, h = size
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(10)]
+    assert not any(clean_scene(img, calib) for img in noise)
+    speckled = []
+    for img in renders:
+        arr = np.asarray(img).copy()
+        ys, xs = rng.integers(0, h, h * w // 12), rng.integers(0, w, h * w // 12)
+        arr[ys, xs] = rng.choice([[230, 30, 30], [30, 200, 40], [40, 60, 230]], len(ys))  # one-pixel specks
+        speckled.append(Image.fromarray(arr))
+    assert not any(clean_scene(img, calib) for img in speckled)
+    blank = Image.new("RGB", size, specs[0].scene.background_rgb)
+    assert not clean_scene(blank, calib)  # no object is not a scene of this corpus
+    grainy = []
+    for img in renders:  # objects intact, background grain of +-20
+        arr = np.asarray(img).astype(int) + rng.integers(-20, 21, (h, w, 1))
+        grainy.append(Image.fromarray(arr.clip(0, 255).astype(np.uint8)))
+    assert not any(clean_scene(img, calib) for img in grainy)

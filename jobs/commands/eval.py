@@ -18,7 +18,9 @@ mean. Position and binding are also scored conditional on both objects being fou
 scored by a deterministic pixel analyser calibrated on ground-truth renders at the checkpoint's
 resolution; every report also shows the model's samples for the empty prompt (unconditional), the
 analyser on ground-truth renders (the ceiling) and chance (prompts judged against the other
-prompts' scenes), with Wilson 95% intervals. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
+prompts' scenes), with Wilson 95% intervals; and an image-quality number beside alignment: the
+clean-scene rate (solid objects, no specks, a flat background) of the samples, of ground-truth
+renders and of downscaled training-like renders. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
 
 
 def _scenes(args: argparse.Namespace) -> int:
