@@ -230,7 +230,7 @@ class Study:
                    "mean": bootstrap_mean(o, self.args.n_boot), "held_out_loss": _mean_sd([r["loss"] for r in rs]),
                    "dit_params": rs[0]["dit_params"], "dit_train_gflops_per_sample": rs[0]["dit_train_gflops_per_sample"],
                    "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": rs[0]["picked"],
-                   "clean_scenes": clean_rate(reports[a])}
+                   "clean_scenes": clean_rate(reports[a]), "probes": probes(reports[a])}
             if a != ref:
                 row["vs_reference"] = {"bootstrap": paired_bootstrap(o, outcomes[ref], self.args.n_boot),
                                        "mcnemar": {c: mcnemar(o, outcomes[ref], c) for c in cats}}
@@ -242,6 +242,21 @@ class Study:
             plot_curves(study["curves"], self.work / "learning_curves.png")
         print(format_table(study))
         return study
+
+
+PROBES = ("colour", "colour_long", "binding", "binding_long", "binding|first", "binding|second",
+          "binding_long|first", "binding_long|second")
+
+
+def probes(reports: list[dict]) -> dict:
+    """Long-prompt and per-slot accuracy (LI-DiT's positional-bias claim), pooled over the runs."""
+    out = {}
+    for m in PROBES:
+        cells = [r["model"][m] for r in reports if m in (r.get("model") or {})]
+        if cells:
+            n = sum(c["n"] for c in cells)
+            out[m] = round(sum(c["correct"] for c in cells) / n, 4) if n else 0.0
+    return out
 
 
 def clean_rate(reports: list[dict]) -> float | None:
@@ -271,6 +286,13 @@ def format_table(study: dict) -> str:
                      + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {clean}"
                      f" | {loss[0]:.4f} ± {loss[1]:.4f}"
                      f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
+    shown = [m for m in PROBES if any(m in row["probes"] for row in study["arms"].values())]
+    if shown:
+        lines += ["", "| arm (long prompts and slots, pooled over seeds) | " + " | ".join(shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]
+        for a, row in study["arms"].items():
+            lines.append(f"| {a} | " + " | ".join(f"{row['probes'][m]:.0%}" if m in row["probes"] else "-"
+                                                  for m in shown) + " |")
     return "\n".join(lines)
 
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_yaml_config
-from scenes.analyse import Fact, both_found, calibrate, check, clean_scene, facts_from_image, facts_from_scene
-from scenes.eval_prompts import CATEGORIES, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, TWO_OBJECTS, Spec, make_specs
+from scenes.analyse import (Fact, both_found, calibrate, check, clean_scene, facts_from_image, facts_from_scene,
+                            slot_hits)
+from scenes.eval_prompts import (CATEGORIES, IN_DISTRIBUTION, LONG_PROMPTS, OUT_OF_DISTRIBUTION, SLOTTED, TWO_OBJECTS,
+                                 Spec, make_specs)
 from scenes.render import render
 
 
@@ -106,7 +108,13 @@ def score(specs: list[Spec], facts: list[list[Fact]], pair_keys: list | None = N
     the checker's answers when the caller already has them)."""
     hits = hits if hits is not None else [check(s, f) for s, f in zip(specs, facts)]
     found = [both_found(s, f) if s.category in TWO_OBJECTS else False for s, f in zip(specs, facts)]
-    return summarise(specs, hits, found, pair_keys if pair_keys is not None else [s.pair for s in specs])
+    out = summarise(specs, hits, found, pair_keys if pair_keys is not None else [s.pair for s in specs])
+    for c in SLOTTED:  # the first- and the second-named object on their own: a positional bias shows here
+        slots = [slot_hits(s, f) for s, f in zip(specs, facts) if s.category == c]
+        if slots:
+            out[f"{c}|first"] = _cell(sum(a for a, _ in slots), len(slots))
+            out[f"{c}|second"] = _cell(sum(b for _, b in slots), len(slots))
+    return out
 
 
 def chance(specs: list[Spec]) -> dict:
@@ -279,7 +287,8 @@ def format_report(report: dict) -> str:
             cells.append(f"{text:>24}")
         return f"  {label:<18}" + "".join(cells)
 
-    order = [m for c in IN_DISTRIBUTION for m in (c, f"{c}|found", *(["binding_pairs"] if c == "binding" else []))]
+    order = [m for c in IN_DISTRIBUTION for m in (c, f"{c}|found", *(["binding_pairs", "binding|first", "binding|second"]
+                                                                     if c == "binding" else []))]
     inside = [c for c in order if c in cats]
     lines += [line(c, c) for c in inside]
     if "overall" in first:
@@ -288,11 +297,16 @@ def format_report(report: dict) -> str:
     if outside:
         lines.append("  outside the training distribution (not in the mean):")
         lines += [line(c, c) for c in outside]
+    long = [m for c in LONG_PROMPTS if c in cats for m in (c, f"{c}|first", f"{c}|second") if m in cats]
+    if long:
+        lines.append("  long prompts, the scene's level-5 caption (not in the mean):")
+        lines += [line(c, c) for c in long]
     q = report.get("quality")
     if q:
         cell = lambda v: f"{v['accuracy']:.0%} [{v['ci95'][0]:.2f},{v['ci95'][1]:.2f}]"  # noqa: E731
         lines.append(f"  image quality, clean scenes: model {cell(q['model'])}, unconditional {cell(q['unconditional'])}, "
                      f"ground-truth renders {cell(q['ground_truth'])}, downscaled training-like renders {cell(q['data'])}")
     lines.append("  |found: among images where both named objects were found (f: how often they were); "
-                 "binding_pairs: both prompts of an attribute-swap pair right")
+                 "binding_pairs: both prompts of an attribute-swap pair right; "
+                 "|first, |second: the first- or second-named object right")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from scipy import ndimage
 from scenes.graph import COLORS, SHAPES, SIZES, Scene
 from scenes.render import render
 
-from .eval_prompts import Spec, _obj, _place, _scene
+from .eval_prompts import RULE, Spec, _obj, _place, _scene
 
 NAMES = list(COLORS)
 CANONICAL = np.array([COLORS[n] for n in NAMES], dtype=np.float32)
@@ -155,8 +155,15 @@ def both_found(spec: Spec, facts: list[Fact]) -> bool:
     return _largest(facts, ca) is not None and _largest(facts, cb) is not None
 
 
+def slot_hits(spec: Spec, facts: list[Fact]) -> tuple[bool, bool]:
+    """For a binding prompt: (the first-named object is there with its shape, the second is)."""
+    t = spec.target
+    a, b = _largest(facts, t["a"][0]), _largest(facts, t["b"][0])
+    return (a is not None and a.shape == t["a"][1], b is not None and b.shape == t["b"][1])
+
+
 def _check(spec: Spec, facts: list[Fact]) -> bool:
-    t, c = spec.target, spec.category
+    t, c = spec.target, RULE.get(spec.category, spec.category)
     if c == "colour":
         totals: dict[str, float] = {}
         for f in facts:

@@ -9,6 +9,13 @@ benchmark's score):
   binding   "a red circle and a green square"              which attribute goes with which object;
             binding prompts come in attribute-swap pairs ("a green circle and a red square" is
             the next one) and are also scored as pairs: both images of a pair must be right
+Long prompts (reported apart, never in the mean): the same targets described by the scene's own
+level-5 reference caption (a paragraph of ~30-50 words: the colour once, mid-sentence; the second
+object's attributes late), for long-prompt and positional-bias claims (LI-DiT):
+  colour_long   "A minimal flat illustration of one shape on ... A large green square sits ..."
+  binding_long  "... A small pink circle sits in the bottom center. A small yellow square ..."
+Binding (short and long) is also scored per slot: the first-named object right (`|first`), the
+second-named right (`|second`).
 Outside the training distribution (reported apart, never in the mean):
   rgb               "a circle, RGB 201, 44, 61"   an exact colour beyond the corpus's jitter
   shape_colourless  "a triangle"                  a shape with no colour named (every corpus
@@ -28,7 +35,10 @@ from scenes.graph import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, SceneObject
 
 IN_DISTRIBUTION = ("colour", "shape", "count", "position", "binding")
 OUT_OF_DISTRIBUTION = ("rgb", "shape_colourless")
-CATEGORIES = IN_DISTRIBUTION + OUT_OF_DISTRIBUTION
+LONG_PROMPTS = ("colour_long", "binding_long")  # judged as colour / binding
+CATEGORIES = IN_DISTRIBUTION + OUT_OF_DISTRIBUTION + LONG_PROMPTS
+RULE = {"colour_long": "colour", "binding_long": "binding"}  # the checker rule of a category, where not its own
+SLOTTED = ("binding", "binding_long")  # also scored per named object (first, second)
 TWO_OBJECTS = ("position", "binding")  # also scored conditional on both objects being found
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATIONS = ("to the left of", "to the right of", "above", "below")
@@ -91,6 +101,11 @@ def _obj(shape, color, rgb, size_name, cx, cy, r) -> SceneObject:
 
 
 def _one(category: str, i: int, rng: random.Random, size: tuple[int, int]) -> Spec:
+    if category in LONG_PROMPTS:
+        from scenes.describe import level_5
+
+        short = _one(RULE[category], i, rng, size)
+        return Spec(category, level_5(short.scene), short.scene, short.target)
     w, h = size
     scene = _scene(f"{category}-{i:04d}", rng, size)
     placed: list = []

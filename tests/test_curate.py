@@ -311,16 +311,20 @@ def test_shortened_demo_runs_every_stage_end_to_end_and_a_second_run_reuses_it(t
     train_summary = json.loads((demo / "train" / "summary.json").read_text())
     assert train_summary["steps"] == 6 and train_summary["images"] == 96
     evaluation = json.loads((demo / "eval" / "report.json").read_text())
-    categories = {"colour", "shape", "count", "position", "binding", "rgb", "shape_colourless"}
-    assert set(evaluation["model"]) == categories | {"position|found", "binding|found", "binding_pairs", "overall"}
+    categories = {"colour", "shape", "count", "position", "binding", "rgb", "shape_colourless", "colour_long",
+                  "binding_long"}
+    assert set(evaluation["model"]) == categories | {"position|found", "binding|found", "binding_pairs", "overall",
+                                                     "binding|first", "binding|second", "binding_long|first",
+                                                     "binding_long|second"}
     assert all(evaluation["model"][c]["n"] == 3 for c in categories)
     assert set(evaluation["unconditional"]) == set(evaluation["model"])
     grid = Image.open(demo / "eval" / "samples.png")
-    assert grid.size[1] > 7 * 128 and len(set(grid.convert("L").getdata())) > 10  # seven labelled rows of real pixels
+    assert grid.size[1] > 9 * 128 and len(set(grid.convert("L").getdata())) > 10  # nine labelled rows of real pixels
+    assert evaluation["quality"]["ground_truth"]["accuracy"] == 1.0  # the clean-scene check beside alignment
     for name in ("training run", "eval report", "dashboard", "statistics"):
         assert name in first.stdout, name
     # the demo ends with the eval table and the grid's path
-    tail = first.stdout.rstrip().splitlines()[-22:]
+    tail = first.stdout.rstrip().splitlines()[-32:]
     assert any(line.startswith("sample grid: ") and line.endswith("samples.png") for line in tail), tail
     assert any("unconditional" in line and "ground truth" in line for line in tail), tail
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -175,3 +175,27 @@ def test_clean_scene_rate_is_full_on_renders_and_empty_on_noise_speckle_and_blan
         arr = np.asarray(img).astype(int) + rng.integers(-20, 21, (h, w, 1))
         grainy.append(Image.fromarray(arr.clip(0, 255).astype(np.uint8)))
     assert not any(clean_scene(img, calib) for img in grainy)
+
+
+def test_binding_is_scored_per_slot_and_long_prompts_are_the_scenes_own_level_5_captions():
+    """A render holding only the first-named object: |first 100%, |second 0%; long prompts describe
+    their scene (level-5 reference caption) and are judged by the short category's rule."""
+    from dataclasses import replace
+
+    from scenes.describe import level_5
+    from scenes.eval_prompts import LONG_PROMPTS
+
+    size = (32, 32)
+    specs = make_specs(10, size, seed=11, categories=("binding", "binding_long"))
+    halves = []
+    for s in specs:
+        scene = replace(s.scene, objects=s.scene.objects[:1])
+        halves.append(facts_from_image(render(scene), calibrate(size)))
+    report = score(specs, halves)
+    for c in ("binding", "binding_long"):
+        assert report[f"{c}|first"]["accuracy"] == 1.0 and report[f"{c}|second"]["accuracy"] == 0.0
+        assert report[c]["accuracy"] == 0.0
+    long = make_specs(5, size, seed=11, categories=LONG_PROMPTS)
+    assert all(s.prompt == level_5(s.scene) and len(s.prompt.split()) > 20 for s in long)
+    text = format_report({"checkpoint": "x", "resolution": [32, 32], "model": ground_truth(long, size)})
+    assert "long prompts" in text and "binding_long|second" in text

@@ -20,9 +20,11 @@ CATS = ("colour", "shape", "count")
 
 def fake_report(hit, prompts: int = 30, seeds=(0, 1), checkpoint: str = "run") -> dict:
     """A report whose image (category, prompt k, seed) was followed iff hit(category, k, seed)."""
-    return {"checkpoint": checkpoint, "examples": [
-        {"category": c, "prompt": f"{c} prompt {k}", "seed": s, "followed": bool(hit(c, k, s))}
-        for c in CATS for k in range(prompts) for s in seeds]}
+    examples = [{"category": c, "prompt": f"{c} prompt {k}", "seed": s, "followed": bool(hit(c, k, s))}
+                for c in CATS for k in range(prompts) for s in seeds]
+    model = {c: {"n": len(got), "correct": sum(got)}
+             for c in CATS for got in [[e["followed"] for e in examples if e["category"] == c]]}
+    return {"checkpoint": checkpoint, "examples": examples, "model": model}
 
 
 def bernoulli(p: float, rng: np.random.Generator):
@@ -115,6 +117,9 @@ def test_the_study_report_from_finished_runs(tmp_path):
     assert vs["bootstrap"]["diff"] > 0.3 and vs["bootstrap"]["p"] < 0.01
     assert set(vs["mcnemar"]) == set(CATS) and all(v["p"] < 0.05 for v in vs["mcnemar"].values())
     assert "| one_to_one:" in out.stdout and "p=" in out.stdout
+    probes = study["arms"]["one_to_one"]["probes"]  # pooled over both seeds' reports
+    assert set(probes) == {"colour"} and abs(probes["colour"] - 0.8) < 0.1
+    assert "long prompts and slots" in out.stdout
     from PIL import Image
 
     with Image.open(tmp_path / "learning_curves.png") as img:

@@ -14,7 +14,8 @@ examples:
 Categories: colour, shape, count, position (left/right/above/below) and binding (which colour
 goes with which shape; prompts in attribute-swap pairs, also scored as pairs); rgb (exact values)
 and shape_colourless are outside the training captions' distribution and reported apart from the
-mean. Position and binding are also scored conditional on both objects being found. Each image is
+mean, as are the long prompts (colour_long, binding_long: each scene's level-5 caption). Binding is
+also scored per slot (the first- and the second-named object). Position and binding are also scored conditional on both objects being found. Each image is
 scored by a deterministic pixel analyser calibrated on ground-truth renders at the checkpoint's
 resolution; every report also shows the model's samples for the empty prompt (unconditional), the
 analyser on ground-truth renders (the ceiling) and chance (prompts judged against the other
