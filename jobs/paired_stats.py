@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Key = tuple[str, str, int]  # (category, prompt, sampling seed)
+Key = tuple[str, str, int, int]  # (category, prompt, sampling seed, occurrence: a prompt text may recur)
 
 
 @dataclass
@@ -39,9 +39,15 @@ class ArmOutcomes:
 
 
 def report_outcomes(report: dict) -> dict[Key, bool]:
+    """Image -> followed. Two prompts of a category can have the same text (another scene drawn
+    for the same words): the k-th occurrence of (category, prompt, seed) is its own image, and
+    every arm, evaluated with the same settings, lists them in the same order."""
     out: dict[Key, bool] = {}
+    seen: dict[tuple, int] = {}
     for e in report["examples"]:
-        out[(e["category"], e["prompt"], int(e["seed"]))] = bool(e["followed"])
+        base = (e["category"], e["prompt"], int(e["seed"]))
+        k = seen[base] = seen.get(base, -1) + 1
+        out[(*base, k)] = bool(e["followed"])
     return out
 
 
@@ -67,11 +73,11 @@ def arm_outcomes(reports: list[dict], categories: list[str] | None = None, keys:
 
 def _groups(keys: list[Key]) -> dict[str, list[np.ndarray]]:
     """Per category, the image indices of each prompt (its sampling seeds stay together)."""
-    by_prompt: dict[tuple[str, str], list[int]] = {}
-    for i, (cat, prompt, _) in enumerate(keys):
-        by_prompt.setdefault((cat, prompt), []).append(i)
+    by_prompt: dict[tuple[str, str, int], list[int]] = {}
+    for i, (cat, prompt, _, k) in enumerate(keys):
+        by_prompt.setdefault((cat, prompt, k), []).append(i)
     out: dict[str, list[np.ndarray]] = {}
-    for (cat, _), idx in by_prompt.items():
+    for (cat, _, _), idx in by_prompt.items():
         out.setdefault(cat, []).append(np.array(idx))
     return out
 

@@ -124,3 +124,12 @@ def test_the_study_report_from_finished_runs(tmp_path):
 
     with Image.open(tmp_path / "learning_curves.png") as img:
         assert img.size == (720, 420) and len(img.convert("RGB").getcolors(1 << 16)) > 3  # lines, not a blank page
+
+
+def test_repeated_prompt_texts_stay_separate_images():
+    """Two prompts of a category may share their words (another scene): each is its own image."""
+    report = {"examples": [{"category": "colour", "prompt": "a red circle", "seed": 0, "followed": True},
+                           {"category": "colour", "prompt": "a red circle", "seed": 0, "followed": False},
+                           {"category": "colour", "prompt": "a blue square", "seed": 0, "followed": False}]}
+    arm = arm_outcomes([report])
+    assert len(arm.keys) == 3 and math.isclose(category_mean(arm.hits, arm.keys), 1 / 3)
