@@ -143,12 +143,14 @@ def chance(specs: list[Spec]) -> dict:
     return score(scored, facts, keys)
 
 
-def ground_truth(specs: list[Spec], size: tuple[int, int]) -> dict:
+def ground_truth(specs: list[Spec], size: tuple[int, int], renders: list | None = None) -> dict:
+    """The analyser on each prompt's own scene (`renders`: those images when the caller has them)."""
     calib = calibrate(size)
-    return score(specs, [facts_from_image(render(s.scene), calib) for s in specs])
+    renders = renders if renders is not None else [render(s.scene) for s in specs]
+    return score(specs, [facts_from_image(img, calib) for img in renders])
 
 
-def quality(model_clean: list[bool], uncond_clean: list[bool], specs: list[Spec], size: tuple[int, int],
+def quality(model_clean: list[bool], uncond_clean: list[bool], renders: list, size: tuple[int, int],
             cfg: EvalConfig) -> dict:
     """The clean-scene rate (scenes/analyse.py clean_scene), an image-quality number beside the
     alignment rows: the model's prompted and unprompted samples, the ground-truth renders at this
@@ -160,7 +162,7 @@ def quality(model_clean: list[bool], uncond_clean: list[bool], specs: list[Spec]
 
     w, h = size
     calib = calibrate((w, h))
-    truth = [clean_scene(render(s.scene), calib) for s in specs]
+    truth = [clean_scene(img, calib) for img in renders]
     large = make_specs(cfg.per_category, (8 * w, 8 * h), cfg.prompt_seed, tuple(cfg.categories))
     data = [clean_scene(Image.fromarray(resize_to_bucket(render(s.scene), (h, w)).permute(1, 2, 0).numpy()), calib)
             for s in large]
@@ -187,6 +189,7 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     pils = [to_pil(img) for img in images]
     facts = [facts_from_image(p, calib) for p in pils]
     clean = [clean_scene(p, calib) for p in pils]
+    renders = [render(s.scene) for s in specs]  # each prompt's own scene: the ceiling rows
     model_facts, uncond_facts = facts[: len(runs)], facts[len(runs):]
     run_specs = [s for s, _ in runs]
     pair_keys = [None if s.pair is None else (s.pair, seed) for s, seed in runs]
@@ -197,8 +200,8 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
         "calibration": calib.to_dict(), "model": model,
         # the empty prompt's samples in place of each prompt's: image k of the runs -> uncond k mod n
         "unconditional": score(run_specs, [uncond_facts[k % n_uncond] for k in range(len(runs))], pair_keys),
-        "ground_truth": ground_truth(specs, (w, h)), "chance": chance(specs),
-        "quality": quality(clean[: len(runs)], clean[len(runs):], specs, (w, h), cfg),
+        "ground_truth": ground_truth(specs, (w, h), renders), "chance": chance(specs),
+        "quality": quality(clean[: len(runs)], clean[len(runs):], renders, (w, h), cfg),
         "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit, "clean": ok}
                      for (s, seed), hit, ok in zip(runs, hits, clean)],
     }

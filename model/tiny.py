@@ -13,6 +13,16 @@ import torch
 
 from common.tiny_tokenizer import build_bpe_tokenizer
 
+
+def _save_atomically(folder: Path, model, tokenizer) -> Path:
+    """Model and tokenizer into a temporary folder, then renamed: a half-written folder never looks built."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
 def build_tiny_llama(folder: str | Path, layers: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0) -> Path:
     """A random LlamaForCausalLM (the class of Llama-3-8B and SmolLM2) saved as a local folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -27,12 +37,7 @@ def build_tiny_llama(folder: str | Path, layers: int = 4, hidden: int = 64, head
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+    return _save_atomically(folder, LlamaForCausalLM(config), tokenizer)
 
 
 def build_tiny_vae(folder: str | Path, latent_channels: int = 16, seed: int = 0) -> Path:
@@ -74,9 +79,4 @@ def build_tiny_gemma3(folder: str | Path, layers: int = 3, hidden: int = 48, hea
         bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+    return _save_atomically(folder, Gemma3ForCausalLM(config), tokenizer)
