@@ -48,6 +48,69 @@ def test_partition_finds_every_hash_within_the_guaranteed_radius_and_nothing_lat
     assert all(not f for f in index.query_phash(fresh, 32, 10**9))
 
 
+def _brute_force(stored: np.ndarray, queries: np.ndarray, radius: int) -> list[dict[int, int]]:
+    d = np.unpackbits(queries[:, None, :] ^ stored[None, :, :], axis=2).sum(axis=2)
+    return [{int(j): int(d[i, j]) for j in np.flatnonzero(d[i] <= radius)} for i in range(len(queries))]
+
+
+def _answers(index, queries: np.ndarray, radius: int) -> list[dict[int, int]]:
+    lims, dist, ids = index.range_search(queries, radius)
+    out = []
+    for i in range(len(queries)):
+        got_ids = ids[lims[i] : lims[i + 1]].tolist()
+        assert got_ids == sorted(set(got_ids)), "one answer per stored row, ids ascending"
+        out.append(dict(zip(got_ids, dist[lims[i] : lims[i + 1]].tolist())))
+    return out
+
+
+@pytest.mark.parametrize("bits,segments,flips", [(256, 10, 1), (64, 8, 0), (128, 5, 2)])
+def test_multi_index_hash_agrees_with_brute_force_through_table_growth(bits, segments, flips):
+    from datapipe.dedup.mih import MultiIndexHash
+
+    rng = random.Random(bits)
+    np_rng = np.random.default_rng(bits)
+    n = 3000
+    stored = np_rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+    stored[100:400] = stored[99]  # a crowded key: 301 equal codes share every segment's slot run
+    stored[500] = 0  # the all-zero code
+    index = MultiIndexHash(bits, segments, flips)
+    sizes = []
+    start = 0
+    for step in (1, 7, 30, 100, 250, 600, 1000, 1000, 1000):  # the table doubles between and inside them
+        index.add(stored[start : start + step])
+        sizes.append(len(index.slots))
+        start += step
+    assert index.ntotal == n and len(set(sizes)) >= 4
+    exact = index.exact_up_to
+    assert exact == segments * (flips + 1) - 1
+    queries = np.stack([_flip(stored[i], rng.randint(0, exact), rng) for i in rng.sample(range(n), 150)]
+                       + [stored[99], stored[500]]
+                       + list(np_rng.integers(0, 256, (50, bits // 8), dtype=np.uint8)))
+    truth = _brute_force(stored, queries, exact)
+    assert _answers(index, queries, exact) == truth  # within the guaranteed radius: exactly brute force
+    assert len(truth[-52]) == 301
+    # beyond it: a subset of brute force, with the true distances (never a wrong answer)
+    wide = bits // 4
+    truth_wide = _brute_force(stored, queries, wide)
+    for got, want in zip(_answers(index, queries, wide), truth_wide):
+        assert got.items() <= want.items()
+
+
+def test_multi_index_hash_answers_do_not_depend_on_how_rows_were_batched():
+    from datapipe.dedup.mih import MultiIndexHash
+
+    np_rng = np.random.default_rng(5)
+    stored = np_rng.integers(0, 256, (2000, 32), dtype=np.uint8)
+    queries = np.stack([_flip(stored[i], 24, random.Random(i)) for i in range(0, 2000, 10)])
+    one, many = MultiIndexHash(256, 10, 1), MultiIndexHash(256, 10, 1)
+    one.add(stored)
+    for i in range(0, 2000, 13):
+        many.add(stored[i : i + 13])
+    assert _answers(one, queries, 32) == _answers(many, queries, 32)
+    with pytest.raises(ValueError, match="bytes"):
+        one.add(stored[:, :16])
+
+
 def _rows(n_shards: int, per_shard: int, seed: int = 0) -> list[list[dict]]:
     """Shards of hash rows with exact and near duplicates across and within shards."""
     rng = random.Random(seed)

@@ -4,7 +4,7 @@ Stored rows are named by their input order (`order_of(key)`: shard number x 10^6
 also their key, so a verdict can name the kept sample and "earlier in input order" is a number
 comparison. Lookups never scan:
 - sha256: a dict from the 32-byte digest to the order of the first sample with those bytes;
-- perceptual hash: faiss `IndexBinaryMultiHash`, multi-index hashing over `segments` hash tables of
+- perceptual hash: multi-index hashing (`mih.MultiIndexHash`) over `segments` segments of
   bits/segments bits each, probing every key within `flips` bit flips; candidates are verified
   with the exact Hamming distance. Any stored hash within segments x (flips + 1) - 1 bits of the
   query is found (pigeonhole); between that and `phash_distance`, most are (the benchmark reports
@@ -22,6 +22,8 @@ removed, and never returned again.
 from __future__ import annotations
 
 import numpy as np
+
+from .mih import MultiIndexHash
 
 ROWS_PER_SHARD = 10**6  # keys are <shard, 6 digits><row, 6 digits>
 
@@ -81,8 +83,7 @@ class PartitionIndex:
             if bits_per < 1 or bits_per > 64:
                 raise ValueError(f"dedup.phash_segments={phash_segments} gives {bits_per}-bit segments of a "
                                  f"{phash_bits}-bit hash (1..64 needed)")
-            self.phash = faiss.IndexBinaryMultiHash(phash_bits, phash_segments, bits_per)
-            self.phash.nflip = phash_flips
+            self.phash = MultiIndexHash(phash_bits, phash_segments, phash_flips)
         self.clip = None
         self.clip_orders = GrowingOrders()
         self.clip_dim, self.clip_nprobe = clip_dim, clip_nprobe
@@ -111,7 +112,7 @@ class PartitionIndex:
             orders, codes = rows["phash"]
             if self.phash is None:
                 raise ValueError("perceptual hashes inserted into a partition without a phash index")
-            self.phash.add(np.ascontiguousarray(codes, np.uint8))
+            self.phash.add(codes)
             self.phash_orders.append(orders)
         if rows.get("clip") is not None and len(rows["clip"][0]):
             orders, emb = rows["clip"]
@@ -135,8 +136,8 @@ class PartitionIndex:
         """Per query: [(distance, order)] of stored hashes within `radius` bits."""
         if self.phash is None or not len(codes) or self.phash.ntotal == 0:
             return [[] for _ in range(len(codes))]
-        lims, dist, ids = self.phash.range_search(np.ascontiguousarray(codes, np.uint8), radius + 1)
-        return self._collect(lims, dist.astype(np.int64), ids, self.phash_orders.array, before, len(codes))
+        lims, dist, ids = self.phash.range_search(codes, radius)
+        return self._collect(lims, dist, ids, self.phash_orders.array, before, len(codes))
 
     def query_clip(self, emb: np.ndarray, threshold: float, before: int) -> list[list[tuple[float, int]]]:
         """Per query: [(-cosine, order)] of stored embeddings with cosine >= threshold."""
