@@ -133,9 +133,9 @@ class DedupConfig:
     # per shard), and a reservation takes a shard task's slot on a small node: 0.25 x 2 left a 2-core
     # machine one shard task at a time (ours/default 0.29x -> 0.35x of img2dataset with 0)
     actor_cpus: float = 0.0
-    actor_threads: int = 1  # faiss (OpenMP) threads per index actor
-    # multi-index hashing of the perceptual hash: `phash_segments` hash tables of bits/segments
-    # bits, probed within `phash_flips` flipped bits; every hash within
+    actor_threads: int = 1  # faiss (OpenMP) threads per index actor (the CLIP index)
+    # multi-index hashing of the perceptual hash (datapipe/dedup/mih.py): `phash_segments` segments
+    # of bits/segments bits, probed within `phash_flips` flipped bits; every hash within
     # segments x (flips + 1) - 1 bits (19 for 10 and 1) is found, farther ones up to
     # phash_distance mostly (benchmarks/dedup_scale.py measures the recall)
     phash_segments: int = 10

@@ -209,3 +209,24 @@ def test_actors_give_the_same_verdicts_whatever_the_partitions_and_the_finishing
     finally:
         ray.shutdown()
     assert got == _reference(shards, cfg)
+
+
+def test_digest_index_keeps_the_first_of_equal_digests_like_a_dict_through_table_growth():
+    from datapipe.dedup.mih import DigestIndex
+
+    rng = random.Random(11)
+    pool = [rng.randbytes(32) for _ in range(1500)]
+    pool += [bytes(32), b"\x00" * 8 + rng.randbytes(24)]  # equal first words: one home slot
+    index, reference = DigestIndex(), {}
+    for batch in range(40):
+        digests = [rng.choice(pool) for _ in range(rng.choice([1, 5, 60, 200]))]
+        stored = index.add(digests)
+        expected = []
+        for i, d in enumerate(digests):
+            if d not in reference:
+                reference[d] = len(reference)
+                expected.append(i)
+        assert stored.tolist() == expected
+    assert index.ntotal == len(reference) and len(index.slots) > 1024
+    asked = pool + [rng.randbytes(32) for _ in range(100)]
+    assert index.find(asked).tolist() == [reference.get(d, -1) for d in asked]

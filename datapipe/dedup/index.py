@@ -3,7 +3,8 @@
 Stored rows are named by their input order (`order_of(key)`: shard number x 10^6 + row), which is
 also their key, so a verdict can name the kept sample and "earlier in input order" is a number
 comparison. Lookups never scan:
-- sha256: a dict from the 32-byte digest to the order of the first sample with those bytes;
+- sha256: `mih.DigestIndex`, from the 32-byte digest to the order of the first sample with those
+  bytes (open addressing in numpy);
 - perceptual hash: multi-index hashing (`mih.MultiIndexHash`) over `segments` segments of
   bits/segments bits each, probing every key within `flips` bit flips; candidates are verified
   with the exact Hamming distance. Any stored hash within segments x (flips + 1) - 1 bits of the
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mih import MultiIndexHash
+from .mih import DigestIndex, MultiIndexHash
 
 ROWS_PER_SHARD = 10**6  # keys are <shard, 6 digits><row, 6 digits>
 
@@ -74,7 +75,8 @@ class PartitionIndex:
         import faiss
 
         self.faiss = faiss
-        self.sha: dict[bytes, int] = {}
+        self.sha = DigestIndex()
+        self.sha_orders = GrowingOrders()
         self.tombstones: set[int] = set()
         self.phash = None
         self.phash_orders = GrowingOrders()
@@ -106,8 +108,9 @@ class PartitionIndex:
         """rows: {"sha": (orders, digests), "phash": (orders, codes), "clip": (orders, embeddings)},
         each part optional; every part names its own rows (not every row has every hash)."""
         if rows.get("sha") is not None:
-            for o, digest in zip(np.asarray(rows["sha"][0]).tolist(), rows["sha"][1]):
-                self.sha.setdefault(digest, int(o))
+            orders, digests = rows["sha"]
+            stored = self.sha.add(list(digests))
+            self.sha_orders.append(np.asarray(orders, np.int64)[stored])
         if rows.get("phash") is not None and len(rows["phash"][0]):
             orders, codes = rows["phash"]
             if self.phash is None:
@@ -126,10 +129,17 @@ class PartitionIndex:
 
     # -- queries: for each query, matches among rows earlier than `before` -------------------------
     def query_sha(self, sha: list[bytes | None], before: int) -> list[int | None]:
-        out = []
-        for digest in sha:
-            o = self.sha.get(digest) if digest is not None else None
-            out.append(o if o is not None and o < before and o not in self.tombstones else None)
+        out: list[int | None] = [None] * len(sha)
+        asked = [i for i, digest in enumerate(sha) if digest is not None]
+        if not asked or not self.sha.ntotal:
+            return out
+        rows = self.sha.find([sha[i] for i in asked])
+        orders = self.sha_orders.array
+        for i, row in zip(asked, rows.tolist()):
+            if row >= 0:
+                o = int(orders[row])
+                if o < before and o not in self.tombstones:
+                    out[i] = o
         return out
 
     def query_phash(self, codes: np.ndarray, radius: int, before: int) -> list[list[tuple[int, int]]]:
@@ -164,5 +174,5 @@ class PartitionIndex:
 
     @property
     def rows(self) -> int:
-        return max(len(self.sha), int(self.phash.ntotal) if self.phash is not None else 0,
+        return max(self.sha.ntotal, int(self.phash.ntotal) if self.phash is not None else 0,
                    int(self.clip.ntotal) if self.clip is not None else 0)
