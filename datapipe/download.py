@@ -18,17 +18,24 @@ Work-arounds for img2dataset 1.47, without forking it (docs/environment.md):
   process per call, `incremental_mode="overwrite"` deleting its own temp folder): we drive its
   Downloader class per shard instead, which also makes a killed shard simply start again;
 - default resize mode "keep" disables its re-encoding (our decode stage decodes once, with PIL,
-  which handles EXIF rotation, CMYK and 16-bit images that OpenCV's IMREAD_UNCHANGED does not).
+  which handles EXIF rotation, CMYK and 16-bit images that OpenCV's IMREAD_UNCHANGED does not);
+- `import img2dataset.downloader` runs the package's __init__, which imports its CLI entry point
+  and every writer, and with them webdataset and torch: 3.9 s of CPU in each new Ray worker, a
+  large share of a small job. `import_downloader` loads the two modules a shard task uses (the
+  downloader and the resizer: 1.5 s) and runs the real __init__ only if something in the same
+  process asks the package for anything else (`img2dataset.download`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,6 +78,28 @@ def download_image(row, timeout, user_agent_token, disallowed_header_directives)
     return key, io.BytesIO(got.body), None
 
 
+def import_downloader() -> None:
+    """Make `import img2dataset.downloader` / `.resizer` load those modules without the package's
+    __init__ (see the module docstring); any other attribute of the package runs the real __init__
+    once, so the rest of img2dataset works as usual in the same process."""
+    if "img2dataset" in sys.modules:
+        return
+    spec = importlib.util.find_spec("img2dataset")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return  # not installed as a package: the plain import below reports it
+    package = importlib.util.module_from_spec(spec)
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        del package.__getattr__
+        spec.loader.exec_module(package)  # the real __init__, into the same module object
+        return getattr(package, name)
+
+    package.__getattr__ = __getattr__
+    sys.modules["img2dataset"] = package
+
+
 def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
     """Make img2dataset in this process download through `download_image` above, with cfg's limits.
 
@@ -87,6 +116,7 @@ def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
     # covers a process that imports img2dataset (and with it OpenCV) here first
     for name, value in worker_env(decode).items():
         os.environ.setdefault(name, value)
+    import_downloader()
     import img2dataset.downloader
 
     img2dataset.downloader.download_image = download_image

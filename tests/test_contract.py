@@ -43,6 +43,25 @@ def test_shard_round_trip(tmp_path):
     assert verify_dataset(tmp_path / "ds").ok
 
 
+def test_tar_writer_writes_what_webdataset_writes_byte_for_byte():
+    import webdataset as wds
+
+    from datapipe.contract.shards import TAR_MTIME, WebDatasetTarWriter
+
+    samples = [("000000000001", {"png": png_bytes(), "json": b'{"a": 1}'}),
+               ("000000000002", {"jpg": b"\xff\xd8" + bytes(range(256)) * 40, "json": "é".encode()}),
+               ("0" * 90 + "x", {"webp": b"", "json": b"{}"})]  # a long name: a pax header
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    writer = WebDatasetTarWriter(ours)
+    reference = wds.TarWriter(theirs, mtime=TAR_MTIME)
+    for key, members in samples:
+        writer.write(key, members)
+        reference.write({"__key__": key, **members})
+    writer.close()
+    reference.close()
+    assert ours.getvalue() == theirs.getvalue() and len(ours.getvalue()) > 10_000
+
+
 def test_rerun_replaces_shard_without_duplicates(tmp_path):
     storage = Storage(tmp_path)
     write_shard(storage, 0, 4)
