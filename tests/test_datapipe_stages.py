@@ -284,3 +284,28 @@ def test_clip_stage_scores_and_thresholds(tmp_path, scene_image):
             assert (r2["reject_stage"], r2["reject_reason"]) == ("filter", "high_nsfw")
         elif r["nsfw"] < median - 1e-6:
             assert r2["reject_stage"] is None
+
+
+def test_the_download_stage_loads_img2dataset_without_torch_and_the_rest_of_it_still_works():
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from datapipe.config import CurateConfig
+from datapipe.download import install_download_patch, download_image
+import datapipe.shard_task
+cfg = CurateConfig()
+install_download_patch(cfg.download, cfg.decode)
+from img2dataset.downloader import Downloader
+from img2dataset.resizer import Resizer
+import img2dataset.downloader
+assert img2dataset.downloader.download_image is download_image
+print("torch before:", "torch" in sys.modules)
+import img2dataset
+print("download:", callable(img2dataset.download), "main:", callable(img2dataset.main))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch before: False" in out.stdout and "download: True main: True" in out.stdout
