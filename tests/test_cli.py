@@ -66,12 +66,16 @@ def test_scenes_make_and_serve_as_processes(tmp_path):
     assert "urls.parquet" in made.stdout
     server = subprocess.Popen(deepfusion_cmd() + ["scenes", "serve", str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for _ in range(100):
+        deadline = time.time() + 90  # the server imports the CLI first: >10 s on a loaded 2-core box
+        while True:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
                     break
             except requests.ConnectionError:
-                time.sleep(0.1)
+                pass
+            assert server.poll() is None, server.stdout.read()
+            assert time.time() < deadline, "scenes serve did not answer /health"
+            time.sleep(0.2)
         import pyarrow.parquet as pq
 
         url = pq.read_table(tmp_path / "c/urls.parquet").column("URL")[0].as_py()
