@@ -24,34 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mih import DigestIndex, MultiIndexHash
+from .mih import DigestIndex, GrowingArray, MultiIndexHash
 
 ROWS_PER_SHARD = 10**6  # keys are <shard, 6 digits><row, 6 digits>
 
 
-class GrowingOrders:
-    """The input orders of a faiss index's rows, by faiss id: appended per shard, read per query.
-
-    A buffer that doubles when full, so n appends cost O(n) copying in all, however inserts and
-    queries interleave (re-concatenating per insert copied the whole array every shard: minutes
-    at 10M rows)."""
-
-    def __init__(self):
-        self._buffer = np.zeros(1024, np.int64)
-        self._n = 0
-
-    def append(self, orders) -> None:
-        orders = np.asarray(orders, np.int64)
-        if self._n + len(orders) > len(self._buffer):
-            grown = np.zeros(max(2 * len(self._buffer), self._n + len(orders)), np.int64)
-            grown[: self._n] = self._buffer[: self._n]
-            self._buffer = grown
-        self._buffer[self._n : self._n + len(orders)] = orders
-        self._n += len(orders)
-
-    @property
-    def array(self) -> np.ndarray:
-        return self._buffer[: self._n]
+def GrowingOrders() -> GrowingArray:
+    """The input orders of an index's rows, by row id (int64, appended per shard)."""
+    return GrowingArray(np.int64)
 
 
 def order_of(key: str) -> int:

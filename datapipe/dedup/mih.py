@@ -39,13 +39,35 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class _Words:
-    """Codes as rows of big-endian uint64 words (zero-padded), in a buffer that doubles when full."""
+class GrowingArray:
+    """Rows appended per shard, read per query: a buffer that doubles when full, so n appends cost
+    O(n) copying in all, however inserts and queries interleave."""
+
+    def __init__(self, dtype, width: int | None = None):
+        self._tail = () if width is None else (width,)
+        self._buffer = np.zeros((1024, *self._tail), dtype)
+        self.n = 0
+
+    def append(self, rows) -> None:
+        rows = np.asarray(rows, self._buffer.dtype)
+        if self.n + len(rows) > len(self._buffer):
+            grown = np.zeros((max(2 * len(self._buffer), self.n + len(rows)), *self._tail), self._buffer.dtype)
+            grown[: self.n] = self._buffer[: self.n]
+            self._buffer = grown
+        self._buffer[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._buffer[: self.n]
+
+
+class _Words(GrowingArray):
+    """Codes as rows of big-endian uint64 words (zero-padded)."""
 
     def __init__(self, nbytes: int):
         self.nbytes, self.width = nbytes, (nbytes + 7) // 8
-        self.buffer = np.zeros((1024, self.width), np.uint64)
-        self.n = 0
+        super().__init__(np.uint64, self.width)
 
     def of(self, codes: np.ndarray) -> np.ndarray:
         codes = np.ascontiguousarray(codes, np.uint8)
@@ -54,18 +76,6 @@ class _Words:
         padded = np.zeros((len(codes), self.width * 8), np.uint8)
         padded[:, : self.nbytes] = codes
         return padded.view(">u8").astype(np.uint64)
-
-    def append(self, words: np.ndarray) -> None:
-        if self.n + len(words) > len(self.buffer):
-            grown = np.zeros((max(2 * len(self.buffer), self.n + len(words)), self.width), np.uint64)
-            grown[: self.n] = self.buffer[: self.n]
-            self.buffer = grown
-        self.buffer[self.n : self.n + len(words)] = words
-        self.n += len(words)
-
-    @property
-    def array(self) -> np.ndarray:
-        return self.buffer[: self.n]
 
 
 class MultiIndexHash:
