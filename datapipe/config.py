@@ -134,6 +134,10 @@ class DedupConfig:
     # machine one shard task at a time (ours/default 0.29x -> 0.35x of img2dataset with 0)
     actor_cpus: float = 0.0
     actor_threads: int = 1  # faiss (OpenMP) threads per index actor (the CLIP index)
+    # A shard task waiting at the input-order gate keeps its CPU this long, then lends it to Ray
+    # (ray.get) so that an earlier shard queued behind it (a retry, a split, a task placed late)
+    # can run: holding it forever deadlocks once the waiting tasks fill every CPU.
+    gate_hold_s: float = 5.0
     # multi-index hashing of the perceptual hash (datapipe/dedup/mih.py): `phash_segments` segments
     # of bits/segments bits, probed within `phash_flips` flipped bits; every hash within
     # segments x (flips + 1) - 1 bits (19 for 10 and 1) is found, farther ones up to

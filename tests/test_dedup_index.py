@@ -8,6 +8,7 @@ is in test_curate.py.
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +210,49 @@ def test_actors_give_the_same_verdicts_whatever_the_partitions_and_the_finishing
     finally:
         ray.shutdown()
     assert got == _reference(shards, cfg)
+
+
+def test_a_shard_queued_behind_tasks_waiting_at_the_gate_still_runs(tmp_path):
+    """Shards 1 and 2 take both CPUs and wait at the gate for shard 0, which is submitted after them
+    (as a retried or split shard is, or one placed late on another node). The waiting tasks hold
+    their CPUs only for `gate_hold_s` and then lend them to Ray; holding them for good deadlocks."""
+    import ray
+
+    from datapipe.contract import Storage
+    from datapipe.dedup.service import DedupService
+
+    cfg = DedupConfig(phash_distance=18, partitions=2, gate_hold_s=0.5)
+    shards = _rows(3, 30, seed=5)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        service = DedupService.start(cfg, Storage(str(tmp_path / "root")), [], 256)
+        client = service.client()
+
+        @ray.remote(num_cpus=1)
+        def run(shard: int, rows, marker: str):
+            from pathlib import Path
+
+            Path(marker).touch()
+            return client.run(shard, rows)
+
+        later = [run.remote(s, shards[s], str(tmp_path / f"started-{s}")) for s in (1, 2)]
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"started-{s}").exists() for s in (1, 2)):  # both CPUs taken
+            assert time.monotonic() < deadline, "the first two shard tasks never started"
+            time.sleep(0.05)
+        first = run.remote(0, shards[0], str(tmp_path / "started-0"))
+        try:
+            answers = ray.get([first, *later], timeout=180)
+        except ray.exceptions.GetTimeoutError:
+            pytest.fail("deadlock: shard 0 never ran while shards 1 and 2 held the CPUs at the gate")
+        got = {}
+        for rows, verdicts in zip(shards, answers):
+            got.update(_verdicts_of(rows, verdicts))
+        service.stop()
+    finally:
+        ray.shutdown()
+    assert got == _reference(shards, cfg)
+    assert sum(v is not None for v in got.values()) > 0
 
 
 def test_digest_index_keeps_the_first_of_equal_digests_like_a_dict_through_table_growth():

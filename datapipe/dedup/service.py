@@ -17,6 +17,7 @@ tasks (one per shard: it reads the hash columns and sends each partition its row
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 
@@ -264,8 +265,8 @@ class DedupClient:
         sha_q = [[d if q == p and cfg.sha256 else None for d, q in zip(h.sha, parts)] for p in range(P)]
         ph = h.phash[h.has_phash] if h.phash is not None else None
         cl = h.clip[h.has_clip].astype(np.float16) if h.clip is not None else None
-        answers = _wait_holding_cpu([actor.check.remote(shard, sha_q[p], ph, cl, cfg.phash_distance, cfg.clip_cosine)
-                                     for p, actor in enumerate(self.partitions)])
+        answers = _wait_at_gate([actor.check.remote(shard, sha_q[p], ph, cl, cfg.phash_distance, cfg.clip_cosine)
+                                 for p, actor in enumerate(self.partitions)], cfg.gate_hold_s)
         n = len(rows)
         index_sha: list = [None] * n
         index_phash: list = [[] for _ in range(n)]
@@ -281,8 +282,8 @@ class DedupClient:
                 index_clip[cl_rows[j]] += found
         verdicts = decide(h, cfg, index_sha, index_phash, index_clip)
         kept = np.flatnonzero(np.array([v is None for v in verdicts], bool))
-        _wait_holding_cpu([actor.insert.remote(shard, payload)
-                           for actor, payload in zip(self.partitions, payloads(h, kept, P, cfg.sha256))])
+        _wait_at_gate([actor.insert.remote(shard, payload)
+                       for actor, payload in zip(self.partitions, payloads(h, kept, P, cfg.sha256))], cfg.gate_hold_s)
         return verdicts
 
     def _ensure_centroids(self, h: ShardHashes) -> None:
@@ -308,17 +309,25 @@ class DedupClient:
         ray.get([p.set_centroids.remote(centroids) for p in self.partitions])
 
 
-def _wait_holding_cpu(refs: list) -> list:
-    """The results of `refs`, waited for without telling Ray that this task is blocked.
+def _wait_at_gate(refs: list, hold_s: float) -> list:
+    """The results of `refs`: waited for `hold_s` seconds holding this task's CPU, then through
+    `ray.get`, which lends it to the scheduler.
 
-    `ray.get` inside a task lends the task's CPU to the scheduler while it waits, so a shard task
-    waiting at the input-order gate let Ray start another worker for the next pending shard; when
-    the waiting task resumed, the node had more workers than CPUs, the idle ones were killed and
-    new ones started later, and each new worker imports the download stack again (seconds of
-    CPU). Measured at 10,000 URLs on 2 cores: 13 worker processes for 10 shards, against 4 with
-    dedup off. The gate's waits are short (the earlier shard's check and insert), so the task
-    keeps its CPU instead (`ObjectRef.future()` waits on a callback, not through `ray.get`)."""
+    Lending it at once (a plain `ray.get`) let Ray start another worker for the next pending shard
+    at every wait; when the waiting task resumed, the node had more workers than CPUs, idle ones
+    were killed and new ones started later, each importing the download stack again (seconds of
+    CPU): measured at 10,000 URLs on 2 cores, 13 worker processes for 10 shards against 4 with
+    dedup off. Most waits are short (the earlier shard's check and insert), so the task holds its
+    CPU first (`ObjectRef.future()` waits on a callback, not through `ray.get`). Holding it for
+    ever deadlocks: when the shard the gate waits for is queued behind the waiting ones (a retried
+    or split shard, a task placed late on another node) and those fill every CPU, it never runs."""
     futures = [ref.future() for ref in refs]
+    _, pending = concurrent.futures.wait(futures, timeout=hold_s)
+    if pending:
+        import ray
+
+        log.debug("dedup gate: still waiting after %.1f s; lending the CPU", hold_s)
+        ray.get(refs)
     return [f.result() for f in futures]
 
 
