@@ -19,7 +19,17 @@ from typing import Any, Literal
 from common.config import load_yaml_config, overrides_of
 from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
-from .guard import SpikeGuardConfig
+
+@dataclass
+class SpikeGuardConfig:
+    enabled: bool = True
+    value_threshold: float = 1.0  # a gradient value counts as large above this magnitude ...
+    max_count: int = 1000  # ... and the step is skipped when more than this many are large
+    norm_factor: float = 10.0  # skip when the global norm > factor x running median (0 = off)
+    norm_window: int = 100  # accepted steps in the running median
+    min_history: int = 10  # no norm rule until this many accepted steps
+    max_consecutive: int = 10  # abort the run after this many skips in a row
+
 
 CAPTION_CHOICES = ("1", "2", "3", "4", "5", "6", "alt")
 

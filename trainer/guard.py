@@ -19,21 +19,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass
-class SpikeGuardConfig:
-    enabled: bool = True
-    value_threshold: float = 1.0  # a gradient value counts as large above this magnitude ...
-    max_count: int = 1000  # ... and the step is skipped when more than this many are large
-    norm_factor: float = 10.0  # skip when the global norm > factor x running median (0 = off)
-    norm_window: int = 100  # accepted steps in the running median
-    min_history: int = 10  # no norm rule until this many accepted steps
-    max_consecutive: int = 10  # abort the run after this many skips in a row
+from .config import SpikeGuardConfig  # noqa: F401 - the guard's settings live with the trainer's (no torch there)
 
 
 class SpikeGuardAbort(RuntimeError):

@@ -72,14 +72,14 @@ class SampleSettings:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from trainer.sampling import load_pipeline, to_pil
-
     positionals, overrides = split(args.args)
     if len(positionals) != 1:
         raise CommandError(f"sample: give one run dir or checkpoint, then key=value settings (got {positionals})")
     s = settings(SampleSettings, overrides)
     if not s.prompts:
         raise CommandError('sample: give prompts=[...] (e.g. "prompts=[a red circle]")')
+    from trainer.sampling import load_pipeline, to_pil  # torch and diffusers: after the settings are checked
+
     pipe = load_pipeline(positionals[0])
     size = tuple(int(v) for v in s.size.lower().split("x")) if s.size else None
     prompts = [p for p in s.prompts for _ in s.seeds]
