@@ -241,36 +241,39 @@ def keys_per_step(run_dir: Path) -> dict[tuple[int, int], list[str]]:
 def test_elastic_resume_2_to_1_and_1_to_2_ranks(tmp_path, dataset, tiny_llm):
     """A ZeRO-2 run checkpointed on N ranks resumes on M: every step sees exactly the samples of an
     uninterrupted run (none skipped or repeated), and the re-partitioned optimizer state gives the
-    uninterrupted run's losses and weights to float round-off (a fresh optimizer would not)."""
+    uninterrupted run's losses and weights to float round-off (a fresh optimizer would not).
+    One run shrinks and then grows: steps 1-3 on 2 ranks, 4-6 on 1, 7-9 on 2 again."""
+    import shutil
+
     args = ["global_batch=8", "checkpoint.every_steps=3", "checkpoint.keep_last=5", "deepspeed.zero_stage=2",
             "data.log_keys=true", "sample.prompts=[]", "sample.from_dataset=0", "log.every_steps=1"]
     straight = tmp_path / "straight"
-    out = run(train_cmd(straight, dataset, tiny_llm, "steps=6", *args))
+    out = run(train_cmd(straight, dataset, tiny_llm, "steps=9", *args))
     assert out.returncode == 0, out.stderr[-4000:]
     want_keys = keys_per_step(straight)
-    assert len(want_keys) == 6 and all(len(v) == len(set(v)) == 8 for v in want_keys.values())
+    assert len(want_keys) == 9 and all(len(v) == len(set(v)) == 8 for v in want_keys.values())
     want_loss = [m["loss"] for m in read_metrics(straight)]
-    want_w = model_weights(straight / "checkpoints" / "step_00000006")
-    for name, first, then in (("shrink", 2, 1), ("grow", 1, 2)):
-        d = tmp_path / name
-        a = run(train_cmd(d, dataset, tiny_llm, "steps=3", *args, nproc=first))
-        assert a.returncode == 0, a.stderr[-4000:]
-        assert (d / "checkpoints" / "step_00000003" / "optimizer_full.pt").exists()
-        b = run(train_cmd(d, dataset, tiny_llm, "steps=6", *args, nproc=then))
+    want_w = model_weights(straight / "checkpoints" / "step_00000009")
+    d = tmp_path / "elastic"
+    a = run(train_cmd(d, dataset, tiny_llm, "steps=3", *args, nproc=2))
+    assert a.returncode == 0, a.stderr[-4000:]
+    assert (d / "checkpoints" / "step_00000003" / "optimizer_full.pt").exists()
+    shutil.copytree(d, tmp_path / "fresh-optimizer")
+    for steps, written, now in ((6, 2, 1), (9, 1, 2)):
+        b = run(train_cmd(d, dataset, tiny_llm, f"steps={steps}", *args, nproc=now))
         assert b.returncode == 0, b.stderr[-4000:]
-        assert f"written by {first} rank(s), on {then}: ZeRO-2 optimizer state re-partitioned" in b.stderr
-        assert keys_per_step(d) == want_keys, name  # the global order continued exactly
-        losses = [m["loss"] for m in read_metrics(d)]
-        assert len(losses) == 6
-        for step, (x, y) in enumerate(zip(want_loss, losses), start=1):
-            assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (name, step, x, y)
-        w = model_weights(d / "checkpoints" / "step_00000006")
-        assert max((want_w[k].float() - w[k].float()).abs().max().item() for k in want_w) <= 1e-5, name
+        assert f"written by {written} rank(s), on {now}: ZeRO-2 optimizer state re-partitioned" in b.stderr
+    assert keys_per_step(d) == want_keys  # the global order continued exactly
+    losses = [m["loss"] for m in read_metrics(d)]
+    assert len(losses) == 9
+    for step, (x, y) in enumerate(zip(want_loss, losses), start=1):
+        assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (step, x, y)
+    w = model_weights(d / "checkpoints" / "step_00000009")
+    assert max((want_w[k].float() - w[k].float()).abs().max().item() for k in want_w) <= 1e-5
     # resuming with the optimizer state thrown away is visibly different: the check above can fail
-    d = tmp_path / "fresh-optimizer"
-    assert run(train_cmd(d, dataset, tiny_llm, "steps=3", *args, nproc=2)).returncode == 0
-    (d / "checkpoints" / "step_00000003" / "optimizer_full.pt").unlink()
-    refused = run(train_cmd(d, dataset, tiny_llm, "steps=6", *args))
+    fresh = tmp_path / "fresh-optimizer"
+    (fresh / "checkpoints" / "step_00000003" / "optimizer_full.pt").unlink()
+    refused = run(train_cmd(fresh, dataset, tiny_llm, "steps=6", *args))
     assert refused.returncode == 1 and "resume it on the rank count that wrote it" in refused.stderr
 
 

@@ -6,7 +6,8 @@ a loopback interface (the test starts this script under `unshare --net`).
 A scenes server, a Ray head (`ray start --head`) and a second node (`ray start --address`, with a
 resource of its own) on 127.0.0.1; `ray job submit` runs the curate job on the cluster; then the
 same input is curated by an embedded run. result.json: the nodes shard tasks ran on and the
-nodes' addresses.
+nodes' addresses, whether the job's log says it joined the cluster and succeeded, and whether
+both nodes stopped (only their process groups are signalled, never `ray stop`).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def main(work: Path) -> int:
     finally:
         server.stop()
     summary = json.loads((work / "cluster.json").read_text())
-    (work / "result.json").write_text(json.dumps({"nodes": summary["this_run"]["nodes"], "node_addresses": nodes}))
+    said = submit.stdout + submit.stderr
+    (work / "result.json").write_text(json.dumps({"nodes": summary["this_run"]["nodes"], "node_addresses": nodes,
+                                                  "joined": "joined the Ray cluster at" in said,
+                                                  "succeeded": "succeeded" in submit.stdout,
+                                                  "nodes_stopped": [p.poll() is not None for p in (worker, head)]}))
     return 0
 
 
