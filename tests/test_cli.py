@@ -66,7 +66,7 @@ def test_scenes_make_and_serve_as_processes(tmp_path):
     assert "urls.parquet" in made.stdout
     server = subprocess.Popen(deepfusion_cmd() + ["scenes", "serve", str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 90  # the server imports the CLI first: >10 s on a loaded 2-core box
+        deadline = time.time() + 90  # it took >10 s to start on a loaded 2-core box
         while True:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:

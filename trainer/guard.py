@@ -23,7 +23,7 @@ from collections import deque
 import torch
 import torch.distributed as dist
 
-from .config import SpikeGuardConfig  # noqa: F401 - the guard's settings live with the trainer's (no torch there)
+from .config import SpikeGuardConfig  # the guard's settings live with the trainer's, which load without torch
 
 
 class SpikeGuardAbort(RuntimeError):

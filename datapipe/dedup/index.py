@@ -29,11 +29,6 @@ from .mih import DigestIndex, GrowingArray, MultiIndexHash
 ROWS_PER_SHARD = 10**6  # keys are <shard, 6 digits><row, 6 digits>
 
 
-def GrowingOrders() -> GrowingArray:
-    """The input orders of an index's rows, by row id (int64, appended per shard)."""
-    return GrowingArray(np.int64)
-
-
 def order_of(key: str) -> int:
     return int(key)
 
@@ -56,10 +51,10 @@ class PartitionIndex:
 
         self.faiss = faiss
         self.sha = DigestIndex()
-        self.sha_orders = GrowingOrders()
+        self.sha_orders = GrowingArray(np.int64)
         self.tombstones: set[int] = set()
         self.phash = None
-        self.phash_orders = GrowingOrders()
+        self.phash_orders = GrowingArray(np.int64)
         if phash_bits:
             bits_per = phash_bits // phash_segments
             if bits_per < 1 or bits_per > 64:
@@ -67,7 +62,7 @@ class PartitionIndex:
                                  f"{phash_bits}-bit hash (1..64 needed)")
             self.phash = MultiIndexHash(phash_bits, phash_segments, phash_flips)
         self.clip = None
-        self.clip_orders = GrowingOrders()
+        self.clip_orders = GrowingArray(np.int64)
         self.clip_dim, self.clip_nprobe = clip_dim, clip_nprobe
         if clip_centroids is not None:
             self.set_centroids(clip_centroids)
