@@ -30,7 +30,8 @@ class VllmServer:
                      # no free whitespace between JSON tokens of guided answers (a server-wide setting)
                      "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
                      *(extra or [])]
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+                    "VLLM_HOST_IP": "127.0.0.1"}  # its engine's message queues on loopback, as engine_env does
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -28,6 +28,10 @@ def engine_env(engine: EngineConfig) -> None:
     """Process settings vLLM reads at start-up (set before `vllm.LLM` is built)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model is a local folder: never reach a hub
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.kv_cache_gib))  # ignored on GPUs
+    # An engine's processes all run on this node (one engine per actor): its message queues use
+    # loopback. Unset, vLLM derives the host address by a UDP connect towards 8.8.8.8 and binds them
+    # to the machine's outward interface.
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     if engine.num_gpus == 0:
         # Ray sets OMP_NUM_THREADS to an actor's (fractional -> 1) CPU count; the CPU engine would
         # then compute on one thread while the machine has more
