@@ -30,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.ray_runtime import init_ray  # noqa: E402
 from datapipe.dedup.index import PartitionIndex  # noqa: E402
 
 SHARD = 1000
@@ -193,7 +194,7 @@ def rebuild(n: int, partitions: int, workdir: Path) -> dict:
         storage.write_atomic(f"shards/{sid}.parquet", table_to_parquet_bytes(table))
         entries.append(ShardEntry(sid, SHARD, 0, "", 0, SHARD))
     commit_shards(storage, entries)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    init_ray()
     t = time.perf_counter()
     service = DedupService.start(DedupConfig(partitions=partitions), storage, [e.id for e in entries], 256)
     seconds = time.perf_counter() - t

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from common.ray_runtime import init_ray
 from datapipe.config import DedupConfig
 from datapipe.dedup.decide import decide
 from datapipe.dedup.index import PartitionIndex
@@ -188,8 +189,9 @@ def test_actors_give_the_same_verdicts_whatever_the_partitions_and_the_finishing
 
     cfg = DedupConfig(phash_distance=18, partitions=partitions)
     shards = _rows(6, 40, seed=3)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)  # ray is imported already: the loopback switch must still take effect
     try:
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"], "a local instance stays on loopback"
         service = DedupService.start(cfg, Storage(str(tmp_path)), [], 256)
         client = service.client()
 
@@ -223,7 +225,7 @@ def test_a_shard_queued_behind_tasks_waiting_at_the_gate_still_runs(tmp_path):
 
     cfg = DedupConfig(phash_distance=18, partitions=2, gate_hold_s=0.5)
     shards = _rows(3, 30, seed=5)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)
     try:
         service = DedupService.start(cfg, Storage(str(tmp_path / "root")), [], 256)
         client = service.client()
