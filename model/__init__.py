@@ -15,7 +15,7 @@ _EXPORTS = {
     "edm": ("EDM",),
     "presets": ("PRESETS", "ModelPreset", "count_parameters", "describe", "dit_forward_flops", "get_preset",
                 "mirror_llm"),
-    "text_encoder": ("FrozenTextEncoder", "TextStates", "encode_for", "text_side"),
+    "text_encoder": ("FrozenTextEncoder", "TextStates", "encode_for", "text_side", "warm_for"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -328,6 +328,35 @@ def test_cached_text_states_are_the_encoders_and_independent_of_the_batch(tiny_l
     assert cached(["a red circle"], layers=[2]).hidden.shape[0] == 1 and cached.cache.misses == 6
 
 
+def test_warming_the_cache_encodes_each_missing_prompt_once_and_gives_the_same_states(tiny_llm, monkeypatch):
+    """`warm` puts upcoming prompts through the LLM in large batches (ENCODE_BATCH at most); the
+    states later read are exactly those an unwarmed cache computes, and a warmed prompt's first
+    lookup still counts as the miss it was (the hit rate says what the cache saved)."""
+    cfg = TextEncoderConfig(source=str(tiny_llm), max_tokens=48)
+    warmed, cold = FrozenTextEncoder(cfg, cache_mb=4), FrozenTextEncoder(cfg, cache_mb=4)
+    monkeypatch.setattr(FrozenTextEncoder, "ENCODE_BATCH", 3)
+    prompts = [f"{n} red circles" for n in range(5)] + ["three blue squares and two red circles " * 3, "", "0 red circles"]
+    batches = []
+    original = FrozenTextEncoder._encode
+    monkeypatch.setattr(FrozenTextEncoder, "_encode",
+                        lambda self, bodies, pad_to, how: batches.append(len(bodies)) or original(self, bodies, pad_to, how))
+    assert warmed.warm(prompts, layers=[1, 4]) == 7  # distinct prompts
+    assert max(batches) == 3 and sum(batches) == 7
+    assert warmed.warm(prompts[:3], layers=[1, 4]) == 0 and sum(batches) == 7  # nothing left to encode
+    assert warmed.warm(prompts[:1], layers=[2]) == 1  # another layer selection is another entry
+    batches.clear()
+    got = warmed(prompts, layers=[1, 4])
+    assert not batches, "warmed prompts are read from the cache"
+    want = cold(prompts, layers=[1, 4])
+    assert (warmed.cache.hits, warmed.cache.misses) == (cold.cache.hits, cold.cache.misses) == (0, 8)
+    assert torch.equal(got.hidden, want.hidden) and torch.equal(got.mask, want.mask)
+    assert got.lengths.tolist() == want.lengths.tolist()
+    again = warmed(prompts[:2], layers=[1, 4])
+    assert (warmed.cache.hits, warmed.cache.misses) == (2, 8)
+    assert torch.equal(again.hidden, want.hidden[:, :2, : again.hidden.shape[2]])
+    assert FrozenTextEncoder(cfg).warm(prompts) == 0  # without a cache there is nothing to warm
+
+
 def test_cache_misses_are_padded_by_length_so_states_depend_on_the_prompt_alone(tiny_llm):
     cfg = TextEncoderConfig(source=str(tiny_llm), max_tokens=48)
     long = "three blue squares and two red circles " * 4  # over 16 tokens: a longer padding bucket

@@ -86,6 +86,33 @@ def test_resume_from_a_position_replays_exactly(mixed):
     assert epoch0 != epoch1
 
 
+def test_the_captions_of_the_next_micro_batches_reach_warm_before_the_first_of_them(mixed):
+    """The loader hands the trainer the captions of `encode_ahead` planned micro-batches at once
+    (their LLM states are encoded together); the micro-batches, their order and positions do not
+    change, and a resumed loader warms from its own position on."""
+    cfg = data_cfg(mixed, encode_ahead=3)
+    plain = take(ShardLoader(cfg, seed=1, micro=4, accum=2), 12)
+    handed: list[tuple[list[str], list[str]]] = []
+    consumed: list[int] = []  # how many micro-batches had been consumed when each group was handed over
+    loader = ShardLoader(cfg, seed=1, micro=4, accum=2, warm=lambda c, lv: (handed.append((c, lv)), consumed.append(len(got))))
+    got = []
+    for mb in itertools.islice(iter(loader), 12):
+        got.append(mb)
+    assert [(a.keys, a.captions, a.levels, a.position) for a in got] == \
+        [(b.keys, b.captions, b.levels, b.position) for b in plain]
+    groups = [c for c, _ in handed]
+    assert all(len(c) == 3 * 4 for c in groups[:4])  # 3 micro-batches of 4 per group
+    assert [c for g in groups for c in g][:48] == [c for mb in plain for c in mb.captions]
+    assert [lv for _, g in handed for lv in g][:48] == [lv for mb in plain for lv in mb.levels]
+    # each group arrives before its first micro-batch is handed on: at 0, 3, 6, 9 consumed (the
+    # decode prefetch of 2 pulls the group of micro-batches 3-5 while 1 is being consumed, ...)
+    assert all(n <= 3 * i for i, n in enumerate(consumed[:4]))
+    resumed, again = [], ShardLoader(cfg, seed=1, micro=4, accum=2, position=LoaderPosition(**vars(plain[5].position)),
+                                     warm=lambda c, lv: resumed.append(c))
+    assert [mb.keys for mb in take(again, 3)] == [mb.keys for mb in plain[6:9]]
+    assert resumed[0] == [c for mb in plain[6:9] for c in mb.captions]
+
+
 def test_level_weights_cfg_dropout_and_alt_text(mixed):
     ds = Dataset(mixed)
     ref = {r["key"]: r for s in ds.shards for r in ds.captions("reference").shard(s.id).to_pylist()}

@@ -58,6 +58,11 @@ class DataConfig:
     follow_poll_s: float = 5.0
     follow_idle_s: float = 60.0  # in follow mode, end the epoch after this long without a new shard
     prefetch: int = 4  # micro-batches decoded ahead of the step
+    # With text_cache_mb > 0: the captions of this many upcoming micro-batches go through the LLM
+    # together (length-sorted batches of ~64 cost about half as much per caption as one step's
+    # few); 1 = each micro-batch's own. Follow mode plans one at a time (never waits on new shards
+    # while it has a batch to train on).
+    encode_ahead: int = 8
     decode_threads: int = 2
     log_keys: bool = False  # write the keys each rank trains on to run_dir/keys/ (audits, tests)
 
@@ -184,7 +189,7 @@ class TrainConfig:
     # run length, logging/checkpoint/sample cadence, the loader's and encoder's performance knobs,
     # follow mode.
     VOLATILE = ("run_dir", "steps", "text_cache_mb", "checkpoint", "log", "sample", "data.follow", "data.follow_poll_s",
-                "data.follow_idle_s", "data.prefetch", "data.decode_threads", "data.log_keys", "data.root")
+                "data.follow_idle_s", "data.prefetch", "data.encode_ahead", "data.decode_threads", "data.log_keys", "data.root")
 
     def identity(self) -> dict:
         d = self.to_dict()

@@ -280,8 +280,12 @@ class ShardLoader:
     """
 
     def __init__(self, cfg: DataConfig, seed: int, micro: int, accum: int, rank: int = 0, world: int = 1,
-                 position: LoaderPosition | None = None, sync: Sync | None = None, keys_dir: str | None = None):
+                 position: LoaderPosition | None = None, sync: Sync | None = None, keys_dir: str | None = None,
+                 warm: Callable[[list[str], list[str]], object] | None = None):
+        """`warm(captions, levels)` is handed the captions of the next `cfg.encode_ahead`
+        micro-batches as they are planned (the trainer encodes them together into its text cache)."""
         self.cfg, self.micro, self.accum, self.rank, self.world = cfg, micro, accum, rank, world
+        self.warm = warm
         self.planner = Planner(cfg, seed, micro * accum * world, sync)
         self.tars = TarIndex(self.planner.dataset)
         self.position = position or LoaderPosition()
@@ -332,9 +336,23 @@ class ShardLoader:
                 log.warning("sample %s (shard %s): unreadable or undecodable image, skipped", s.key, s.shard)
         return torch.stack([blank if d is None else d for d in decoded]), valid
 
+    def _planned_ahead(self) -> Iterator[tuple[PlannedBatch, int, list[PlannedSample]]]:
+        """The planned micro-batches, taken `encode_ahead` at a time; each group's captions go to
+        `warm` before the first of them is handed on (planning reads only sidecars and captions)."""
+        source = self._micro_batches()
+        group = 1 if self.cfg.follow or self.warm is None else max(1, self.cfg.encode_ahead)
+        while True:
+            chunk = [item for _, item in zip(range(group), source)]
+            if not chunk:
+                return
+            if self.warm is not None:
+                self.warm([s.caption for _, _, samples in chunk for s in samples],
+                          [s.level for _, _, samples in chunk for s in samples])
+            yield from chunk
+
     def __iter__(self) -> Iterator[MicroBatch]:
         ahead: deque = deque()
-        source = self._micro_batches()
+        source = self._planned_ahead()
         io_pool = ThreadPoolExecutor(1, thread_name_prefix="read")
         try:
             while True:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from common.config import set_fields
-from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, encode_for, get_preset, text_side
+from model import EDM, DeepFusionDiT, FrozenTextEncoder, build_codec, encode_for, get_preset, text_side, warm_for
 from model.presets import layers_read
 from model.config import CodecConfig, DiTConfig, EDMConfig, TextEncoderConfig
 
@@ -196,8 +196,16 @@ def train(cfg: TrainConfig) -> dict:
     step, images = state["step"], state["images"]
     if step:
         log.info("resumed from step %d (%d images) in %s", step, images, checkpoints.latest())
+    def budgets_of(levels: list[str]) -> list[int]:
+        return [cfg.data.level_tokens.get(level, text_cfg.max_tokens) for level in levels]
+
+    def warm_text_cache(captions: list[str], levels: list[str]) -> None:
+        with torch.no_grad():
+            warm_for(dit, encoders, captions, max_tokens=budgets_of(levels))
+
     loader = ShardLoader(cfg.data, cfg.seed, micro, accum, rank, world, LoaderPosition(**state["position"]),
-                         sync=from_rank0, keys_dir=str(run_dir / "keys") if cfg.data.log_keys else None)
+                         sync=from_rank0, keys_dir=str(run_dir / "keys") if cfg.data.log_keys else None,
+                         warm=warm_text_cache if encoders[0].cache is not None else None)
     batches = iter(loader)
     runlog = RunLog(run_dir, rank, cfg.log.tensorboard)
     breakdown, truncations = LossBreakdown(), TruncationCount()
@@ -235,9 +243,8 @@ def train(cfg: TrainConfig) -> dict:
         for micro_step in range(accum):
             batch = next(batches)
             with torch.no_grad():
-                budgets = [cfg.data.level_tokens.get(level, text_cfg.max_tokens) for level in batch.levels]
                 # only the LLM states the DiT reads are stacked (and cached), per branch
-                texts = encode_for(dit, encoders, batch.captions, max_tokens=budgets)
+                texts = encode_for(dit, encoders, batch.captions, max_tokens=budgets_of(batch.levels))
                 truncations.add(batch.levels, texts[0].lengths, texts[0].budgets)
                 x0 = codec.encode(batch.images.to(device).float() / 127.5 - 1)
             sigma, noise = training_noise(edm, cfg.seed, step, (micro_step * world + rank) * micro, x0.shape, device)
