@@ -40,11 +40,24 @@ if ! [[ -x /usr/bin/chromium ]]; then
   fi
 fi
 
+# One-time work the jobs would otherwise do inside their own time (jobs/prepare.py): the embedded
+# text encoder de-quantised and DeepSpeed's CPU collective op compiled, into the cache. Run after
+# every install, and on an up-to-date venv whenever the cache lacks them (a cheap file check).
+CACHE=${DEEPFUSION_CACHE:-.cache}
+prepared() {
+  compgen -G "$CACHE/text_encoders/SmolLM2-*/model.safetensors" >/dev/null || return 1
+  [[ $PROFILE != cpu ]] || [[ -f "${TORCH_EXTENSIONS_DIR:-$CACHE/torch_extensions}/deepspeed_shm_comm/deepspeed_shm_comm.so" ]]
+}
+prepare() {
+  "$VENV/bin/python" -m jobs.prepare || { echo "setup: preparing the cache failed; see the error above" >&2; exit 1; }
+}
+
 STAMP="$VENV/.deepfusion-setup"
 inputs_hash=$(cat pyproject.toml "$REQS" ${LOCK:+"$LOCK"} scripts/setup.sh | sha256sum | cut -c1-16)
 want="$PROFILE $inputs_hash"
 if [[ $FORCE == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   echo "setup: $VENV is up to date ($PROFILE profile)"
+  prepared || prepare
   exit 0
 fi
 
@@ -83,5 +96,6 @@ echo "import common.compat; common.compat.install()" > "$site/deepfusion-compat.
 
 "$VENV/bin/python" -c "import torchvision, transformers, ray, deepspeed, webdataset, common.compat" \
   || { echo "setup: the installed stack does not import; see the error above" >&2; exit 1; }
+prepare
 echo "$want" > "$STAMP"
 echo "setup: done in $((SECONDS - t0)) s ($PROFILE profile)"

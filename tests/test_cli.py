@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import requests
 
@@ -156,3 +157,23 @@ def test_one_grammar_every_setting_as_key_value_and_help_lists_the_keys(tmp_path
                       (["demo", "--help"], "train_steps"), (["eval", "scenes", "--help"], "per_category")):
         out = run(*argv)
         assert out.returncode == 0 and key in out.stdout, (argv, out.stdout[-1500:])
+
+
+def test_setup_prepares_the_cache_files_it_checks_for():
+    """scripts/setup.sh skips `python -m jobs.prepare` on an up-to-date venv when two files exist
+    (its `prepared` check); prepare must leave exactly those files, or every demo and test run
+    would pay the de-quantisation and the op build again (or never get them)."""
+    import os
+    import sys
+
+    from common.paths import cache_dir, project_root
+
+    done = subprocess.run([sys.executable, "-m", "jobs.prepare"], capture_output=True, text=True, timeout=600,
+                          cwd=project_root())
+    assert done.returncode == 0, done.stderr[-2000:]
+    script = (project_root() / "scripts" / "setup.sh").read_text()
+    assert 'compgen -G "$CACHE/text_encoders/SmolLM2-*/model.safetensors"' in script
+    assert "torch_extensions}/deepspeed_shm_comm/deepspeed_shm_comm.so" in script
+    assert list(cache_dir().glob("text_encoders/SmolLM2-*/model.safetensors"))
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    assert (Path(extensions) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()
