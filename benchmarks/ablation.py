@@ -296,8 +296,10 @@ def format_table(study: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420)) -> None:
-    """Eval mean vs training images, one colour per arm (each seed its own line), drawn with PIL."""
+def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420),
+                title: str = "eval scenes mean (in-distribution categories)") -> None:
+    """Eval mean vs training images, one colour per arm (each seed its own line), drawn with PIL;
+    any other share in [0, 1] per point in "mean" (benchmarks/demo_curve.py draws several metrics)."""
     from PIL import Image, ImageDraw
 
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
@@ -317,7 +319,7 @@ def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420)) ->
         x = xmax * k / 5
         d.text((X(x) - 15, h - bottom + 6), f"{x:,.0f}", fill="black")
     d.text((left + 120, h - 20), "training images", fill="black")
-    d.text((left + 5, top - 15), "eval scenes mean (in-distribution categories)", fill="black")
+    d.text((left + 5, top - 15), title, fill="black")
     for n, (arm, runs) in enumerate(curves.items()):
         colour = colours[n % len(colours)]
         for run in runs:

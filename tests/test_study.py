@@ -133,3 +133,30 @@ def test_repeated_prompt_texts_stay_separate_images():
                            {"category": "colour", "prompt": "a blue square", "seed": 0, "followed": False}]}
     arm = arm_outcomes([report])
     assert len(arm.keys) == 3 and math.isclose(category_mean(arm.hits, arm.keys), 1 / 3)
+
+
+def test_the_demo_curve_reads_each_checkpoints_report_and_draws_it(tmp_path):
+    """benchmarks/demo_curve.py on a run whose checkpoints are already scored: no model is loaded,
+    the table follows the checkpoints in step order with the images each had seen."""
+    run = tmp_path / "run"
+    for step, acc, clean in ((700, 0.4, 0.0), (1400, 0.5, 0.25)):
+        ckpt = run / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "inference.json").write_text(json.dumps({"images": step * 16}))
+        cells = {c: {"accuracy": acc} for c in ("colour", "shape", "count", "position", "binding")}
+        report = {"model": {**cells, "overall": {"accuracy": acc, "ci95": [acc - 0.1, acc + 0.1]}},
+                  "quality": {"model": {"accuracy": clean}}}
+        (run / "curve" / ckpt.name).mkdir(parents=True)
+        (run / "curve" / ckpt.name / "report.json").write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_curve.py"), str(run)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 11,200") or line.startswith("| 22,400")]
+    assert rows == ["| 11,200 | 40% | 40% | 40% | 40% | 40% | 40.0% [0.30,0.50] | 0% |",
+                    "| 22,400 | 50% | 50% | 50% | 50% | 50% | 50.0% [0.40,0.60] | 25% |"]
+    points = json.loads((run / "curve" / "curve.json").read_text())["points"]
+    assert [p["images"] for p in points] == [11_200, 22_400] and points[1]["clean scenes"] == 0.25
+    from PIL import Image
+
+    with Image.open(run / "curve" / "curve.png") as img:
+        assert len(img.convert("RGB").getcolors(1 << 16)) > 3
