@@ -298,8 +298,8 @@ def format_table(study: dict) -> str:
 
 def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420),
                 title: str = "eval scenes mean (in-distribution categories)") -> None:
-    """Eval mean vs training images, one colour per arm (each seed its own line), drawn with PIL;
-    any other share in [0, 1] per point in "mean" (benchmarks/demo_curve.py draws several metrics)."""
+    """Eval mean vs training images, one colour per arm (each seed its own line), drawn with PIL.
+    A point's "mean" may hold any share in [0, 1]: benchmarks/demo_curve.py passes one line per metric."""
     from PIL import Image, ImageDraw
 
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
