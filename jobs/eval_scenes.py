@@ -12,7 +12,9 @@ were); binding's attribute-swap pairs scored as pairs (both right); `overall`, t
 in-distribution categories with a normal-approximation interval. Out-of-distribution categories
 (rgb, shape_colourless) are reported apart and are not in the mean. `quality`: the clean-scene
 rate (scenes/analyse.py clean_scene, prompt-independent) of the model's samples next to that of
-ground-truth renders and of the downscaled renders a trainer sees.
+ground-truth renders and of the downscaled renders a trainer sees. `text_use`: whether the
+denoiser reads each attribute from the prompt at all (held-out losses with the right prompt, with
+only that attribute changed, and with none; text_use()).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class EvalConfig:
     reference_only: bool = False  # no model: the analyser's ground-truth and chance rows only
     size: str = "64x64"  # WxH of the reference rows when reference_only
     unconditional: int = 16  # samples of the empty prompt: the `unconditional` row
+    text_use: int = 12  # held-out prompts per category for the text-use losses (text_use(); 0 = off)
 
     def __post_init__(self):
         unknown = set(self.categories) - set(CATEGORIES)
@@ -205,6 +208,8 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
         "examples": [{"category": s.category, "prompt": s.prompt, "seed": seed, "followed": hit, "clean": ok}
                      for (s, seed), hit, ok in zip(runs, hits, clean)],
     }
+    if cfg.text_use:
+        report["text_use"] = text_use(pipe, cfg.text_use)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -260,6 +265,80 @@ def heldout_loss(checkpoint: str | Path, prompts: int = 64, prompt_seed: int = 4
             "per_sigma": {f"{math.exp(cfg.p_mean + cfg.p_std * float(z)):.3g}": round(v, 5) for z, v in zip(zs, per_level)}}
 
 
+# Noise levels of text_use, the same for every model (comparable across EDM settings). What a
+# prompt adds shows from about sigma 2 up: below it the scene is visible through the noise.
+TEXT_USE_SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def text_use(pipe, per_category: int = 16, prompt_seed: int = 4243, noise_seed: int = 0) -> dict:
+    """Does the model read each attribute from the prompt? A measurement of the denoiser itself,
+    far less noisy than accuracy over a few samples: held-out scenes of each category (renders at
+    8x, downscaled as the trainer's loader does), each noised at fixed levels with fixed noise, and
+    the EDM loss (at TEXT_USE_SIGMAS) with (a) the right prompt, (b) the prompt with only the category's attribute
+    changed (scenes/eval_prompts.py changed_prompt: another colour, shape or number, the opposite
+    relation, the attribute swap), (c) the empty prompt. Per category: the three losses, and
+    `attribute_gain` = (b) - (a), what reading that attribute is worth (~0: the model ignores
+    it), with a 95% interval over prompts; `prompt_gain` = (c) - (a), what the whole prompt is worth."""
+    import random
+
+    import torch
+    from PIL import Image
+
+    from model import encode_for
+    from scenes.eval_prompts import CHANGEABLE, changed_prompt
+    from trainer.buckets import resize_to_bucket
+
+    h, w = pipe.resolution
+    specs = make_specs(per_category, (8 * w, 8 * h), prompt_seed, CHANGEABLE)
+    rng = random.Random(prompt_seed)
+    variants = {"right": [s.prompt for s in specs], "changed": [changed_prompt(s, rng) for s in specs],
+                "empty": [""] * len(specs)}
+    pixels = torch.stack([resize_to_bucket(render(s.scene), (h, w)) for s in specs]).to(pipe.device)
+    x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
+    sigmas = TEXT_USE_SIGMAS
+    losses = {}  # variant -> [prompts, levels]
+    noises = [torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed * 1000 + k)).to(pipe.device)
+              for k in range(len(sigmas))]
+    with torch.no_grad():
+        for name, prompts in variants.items():
+            per_level = [[] for _ in sigmas]
+            for start in range(0, len(specs), 16):
+                sl = slice(start, start + 16)
+                texts = encode_for(pipe.dit, pipe.encoders, prompts[sl])
+                cond = ([t.hidden for t in texts], [t.mask for t in texts])
+                for k, sigma in enumerate(sigmas):
+                    loss, _ = pipe.edm.loss(pipe.dit, x0[sl], *cond, noise=noises[k][sl],
+                                            sigma=torch.full((len(prompts[sl]),), sigma, device=pipe.device))
+                    per_level[k].append(loss.cpu())
+            losses[name] = torch.stack([torch.cat(row) for row in per_level], 1).double()  # [prompts, levels]
+    out = {"sigmas": [round(v, 4) for v in sigmas], "prompts_per_category": per_category}
+    for c in CHANGEABLE:
+        idx = [i for i, s in enumerate(specs) if s.category == c]
+        right, changed, empty = (losses[k][idx] for k in ("right", "changed", "empty"))
+        gain = (changed - right).mean(1)  # per prompt, over the noise levels
+        half = 1.96 * float(gain.std()) / math.sqrt(len(idx)) if len(idx) > 1 else float("nan")
+        out[c] = {"right": round(float(right.mean()), 5), "changed": round(float(changed.mean()), 5),
+                  "empty": round(float(empty.mean()), 5),
+                  "attribute_gain": round(float(gain.mean()), 5),
+                  "ci95": [round(float(gain.mean()) - half, 5), round(float(gain.mean()) + half, 5)],
+                  "prompt_gain": round(float((empty - right).mean()), 5),
+                  "attribute_gain_per_sigma": [round(float(v), 5) for v in (changed - right).mean(0)],
+                  "example": [variants["right"][idx[0]], variants["changed"][idx[0]]]}
+    return out
+
+
+def format_text_use(t: dict) -> list[str]:
+    lines = ["  text use: held-out loss with the right prompt, with only the tested attribute changed, and "
+             "with the empty prompt (lower is better; gain ~0: the attribute is not read)",
+             f"  {'':<18}{'right':>9}{'changed':>9}{'empty':>9}{'attribute gain [95%]':>28}{'prompt gain':>13}"]
+    for c in (k for k in t if isinstance(t[k], dict)):
+        v = t[c]
+        gain = f"{v['attribute_gain']:+.4f} [{v['ci95'][0]:+.4f},{v['ci95'][1]:+.4f}]"
+        lines.append(f"  {c:<18}{v['right']:>9.4f}{v['changed']:>9.4f}{v['empty']:>9.4f}{gain:>28}"
+                     f"{v['prompt_gain']:>+13.4f}")
+    return lines
+
+
 def _label(spec: Spec, followed: bool) -> str:
     return f"{'+' if followed else '-'} {spec.prompt}"
 
@@ -309,6 +388,8 @@ def format_report(report: dict) -> str:
         cell = lambda v: f"{v['accuracy']:.0%} [{v['ci95'][0]:.2f},{v['ci95'][1]:.2f}]"  # noqa: E731
         lines.append(f"  image quality, clean scenes: model {cell(q['model'])}, unconditional {cell(q['unconditional'])}, "
                      f"ground-truth renders {cell(q['ground_truth'])}, downscaled training-like renders {cell(q['data'])}")
+    if report.get("text_use"):
+        lines += format_text_use(report["text_use"])
     lines.append("  |found: among images where both named objects were found (f: how often they were); "
                  "binding_pairs: both prompts of an attribute-swap pair right; "
                  "|first, |second: the first- or second-named object right")

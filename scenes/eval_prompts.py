@@ -167,6 +167,34 @@ def swapped(spec: Spec) -> Spec:
                 {"a": [cb, sa], "b": [ca, sb]}, pair=spec.pair)
 
 
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+CHANGEABLE = ("colour", "shape", "count", "position", "binding")  # categories `changed_prompt` knows
+
+
+def changed_prompt(spec: Spec, rng: random.Random) -> str:
+    """The spec's prompt with the one attribute its category tests changed, everything else kept:
+    colour -> another colour, shape -> another shape, count -> another number, position -> the
+    opposite relation, binding -> the attribute swap. Scored against the spec's own scene, it tells
+    whether a model reads that attribute from the text at all (jobs/eval_scenes.py text_use)."""
+    t, c = spec.target, spec.category
+    if c == "colour":
+        _, color, shape = spec.prompt.split()
+        other = rng.choice([k for k in COLORS if k != color])
+        return f"{_article(other)} {other} {shape}"
+    if c == "shape":
+        article, color, shape = spec.prompt.split()
+        return f"{article} {color} {rng.choice([k for k in SHAPES if k != shape])}"
+    if c == "count":
+        n, shape = t["n"], spec.scene.objects[0].shape
+        m = rng.choice([k for k in NUMBER_WORDS if k != n])
+        return f"{NUMBER_WORDS[m]} {t['color']} {shape if m == 1 else shape + 's'}"
+    if c == "position":
+        return spec.prompt.replace(t["relation"], OPPOSITE[t["relation"]])
+    if c == "binding":
+        return swapped(spec).prompt
+    raise ValueError(f"no attribute change for category {c!r}; known: {CHANGEABLE}")
+
+
 def make_specs(per_category: int, size: tuple[int, int] = (64, 64), seed: int = 2026,
                categories: tuple[str, ...] = CATEGORIES) -> list[Spec]:
     """`per_category` prompts of each category, deterministic in `seed` and `size` (width, height).

@@ -199,3 +199,68 @@ def test_binding_is_scored_per_slot_and_long_prompts_are_the_scenes_own_level_5_
     assert all(s.prompt == level_5(s.scene) and len(s.prompt.split()) > 20 for s in long)
     text = format_report({"checkpoint": "x", "resolution": [32, 32], "model": ground_truth(long, size)})
     assert "long prompts" in text and "binding_long|second" in text
+
+
+def test_changed_prompts_change_only_the_tested_attribute():
+    import random
+
+    from scenes.eval_prompts import CHANGEABLE, OPPOSITE, changed_prompt, swapped
+    from scenes.graph import COLORS, SHAPES
+
+    rng = random.Random(0)
+    for s in make_specs(30, (64, 64), seed=9, categories=CHANGEABLE):
+        new = changed_prompt(s, rng)
+        assert new != s.prompt, s.prompt
+        old_words, new_words = s.prompt.split(), new.split()
+        if s.category in ("colour", "shape", "count"):
+            diff = [(a, b) for a, b in zip(old_words, new_words) if a != b]
+            if s.category == "colour":  # the colour word (and its article) only
+                assert len(old_words) == len(new_words) and diff[-1][0] in COLORS and diff[-1][1] in COLORS
+                assert new_words[-1] == old_words[-1]
+            elif s.category == "shape":
+                assert diff == [(old_words[-1], new_words[-1])] and new_words[-1] in SHAPES
+            else:  # the number, and the noun's plural with it; colour and shape kept
+                assert old_words[0] != new_words[0] and new_words[1] == s.target["color"]
+                assert new_words[2].rstrip("s") == old_words[2].rstrip("s")
+                assert new_words[2].endswith("s") == (new_words[0] != "one")
+        elif s.category == "position":
+            assert new == s.prompt.replace(s.target["relation"], OPPOSITE[s.target["relation"]])
+        else:
+            assert new == swapped(s).prompt
+    with pytest.raises(ValueError, match="no attribute change"):
+        changed_prompt(make_specs(1, (64, 64), categories=("rgb",))[0], rng)
+
+
+def test_text_use_is_zero_for_a_model_that_cannot_read_text_and_not_for_one_that_can(tiny_llm):
+    """text_use's losses on a tiny untrained pipeline with random weights: the measurement moves with
+    what the prompt says; with the blocks' attention outputs zeroed (the only way text enters) every
+    gain is exactly 0: right, changed and empty prompts give one loss."""
+    import torch
+
+    from jobs.eval_scenes import format_text_use, text_use
+    from model import EDM, DeepFusionDiT, FrozenTextEncoder, PixelCodec
+    from model.config import DiTConfig, EDMConfig, TextEncoderConfig
+    from trainer.sampling import Pipeline
+
+    torch.manual_seed(0)
+    encoder = FrozenTextEncoder(TextEncoderConfig(source=str(tiny_llm), max_tokens=24))
+    dit = DeepFusionDiT(dit=DiTConfig(in_channels=48, patch_size=1, width=64, depth=2, heads=2, text_dims=[64],
+                                      llm_layers=[4]).to_dict()).eval()
+    with torch.no_grad():  # leave adaLN-Zero's start: random modulation and output, so text could matter
+        for p in dit.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.2)
+    pipe = Pipeline(dit, [encoder], PixelCodec(4, 1.333), EDM(EDMConfig(p_mean=0.5, p_std=1.5)), (32, 32),
+                    torch.device("cpu"))
+    reading = text_use(pipe, per_category=4)
+    assert max(abs(reading[c]["attribute_gain"]) for c in ("colour", "shape", "count", "binding")) > 1e-4, reading
+    assert text_use(pipe, per_category=4) == reading  # fixed prompts and noise: deterministic
+    with torch.no_grad():
+        for block in dit.blocks:
+            block.attn.proj.weight.zero_()
+            block.attn.proj.bias.zero_()
+    blind = text_use(pipe, per_category=4)
+    for c in ("colour", "shape", "count", "position", "binding"):
+        assert blind[c]["attribute_gain"] == 0 and blind[c]["prompt_gain"] == 0, (c, blind[c])
+        assert blind[c]["right"] == blind[c]["changed"] == blind[c]["empty"]
+    assert "attribute gain" in "\n".join(format_text_use(blind))

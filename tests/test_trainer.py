@@ -349,6 +349,9 @@ def test_a_tiny_model_learns_the_named_colour(tmp_path, tiny_llm, artifacts_dir)
     assert report["resolution"] == [32, 32] and report["ground_truth"]["colour"]["accuracy"] >= 0.97
     assert report["model"]["colour"]["ci95"][0] > report["chance"]["colour"]["ci95"][1], report["model"]
     assert (tmp_path / "eval" / "grid_colour.png").exists() and "eval scenes:" in ev.stdout
+    # text use: the denoiser reads the colour word (the wrong colour costs loss, beyond its interval)
+    assert report["text_use"]["colour"]["ci95"][0] > 0, report["text_use"]["colour"]
+    assert "text use:" in ev.stdout
 
 
 def test_zero3_bf16_with_activation_checkpointing_trains_and_resumes(tmp_path, dataset, tiny_llm):
