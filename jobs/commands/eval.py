@@ -21,7 +21,11 @@ resolution; every report also shows the model's samples for the empty prompt (un
 analyser on ground-truth renders (the ceiling) and chance (prompts judged against the other
 prompts' scenes), with Wilson 95% intervals; and an image-quality number beside alignment: the
 clean-scene rate (solid objects, no specks, a flat background) of the samples, of ground-truth
-renders and of downscaled training-like renders. Bundled configs: jobs/configs/eval/{embedded,production}.yaml."""
+renders and of downscaled training-like renders. Text use (text_use=N prompts per category, 0 =
+off): whether the denoiser reads each attribute at all, from its held-out losses with the right
+prompt, with only the tested attribute changed and with the empty prompt (an attribute gain of
+about 0: that word is not read, whatever a few samples show). Bundled configs:
+jobs/configs/eval/{embedded,production}.yaml."""
 
 
 def _scenes(args: argparse.Namespace) -> int:
