@@ -70,6 +70,11 @@ class DecodeConfig:
     jpeg_quality: int = 95  # when a JPEG has to be re-encoded (CMYK, EXIF rotation, downscale)
     phash: bool = True  # perceptual hash for near-duplicate detection
     phash_size: int = 16  # DCT side: 16 -> 256-bit hashes (64-bit ones collide on simple images)
+    # how the image is reduced before the DCT (datapipe/filters/phash.py): box (3-4x cheaper) or
+    # lanczos (imagehash.phash, what datasets curated before this setting were hashed with). The
+    # two are not comparable, so a dataset keeps its method: auto = the one its committed shards
+    # used, box for a new dataset; naming the other one for a dataset that has shards is an error.
+    phash_method: Literal["auto", "box", "lanczos"] = "auto"
     batch_size: int = 256  # rows decoded (and scored) at a time in a shard task
     # extra image decoders, imported (and called) in every worker before decoding, as "module" or
     # "module:function", e.g. [pillow_heif:register_heif_opener] for HEIC, [pillow_avif] for AVIF
@@ -124,8 +129,9 @@ class DedupConfig:
     """Dedup against every sample kept earlier in input order (datapipe/dedup)."""
 
     sha256: bool = True  # byte-identical downloads
-    # Hamming distance <= this between perceptual hashes = near duplicate. Measured on the scenes
-    # corpus with 256-bit hashes: JPEG re-encodes differ by <= 20 bits, distinct images by >= 68.
+    # Hamming distance <= this between perceptual hashes = near duplicate. Measured with 256-bit box
+    # hashes (benchmarks/phash_methods.py, scenes renders): JPEG q80 copies differ by <= 22 bits,
+    # half- and 1.5x-size copies by <= 40 (99.5% within 32), different images by >= 76.
     phash_distance: int | None = 32
     clip_cosine: float | None = None  # cosine >= this between CLIP embeddings = near duplicate
     partitions: int = 2  # index actors; each owns 1/partitions of the rows (memory per actor)

@@ -19,6 +19,7 @@ the manifest are skipped, so a job killed at any point and started again finishe
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import pickle
@@ -134,13 +135,15 @@ class ShardPlan:
 
 
 class Driver:
-    def __init__(self, cfg: CurateConfig, storage: Storage, job: ShardJob, lineage: dict, on_commit, service=None):
+    def __init__(self, cfg: CurateConfig, storage: Storage, job: ShardJob, lineage: dict, on_commit,
+                 service=None, start_service=None):
         import ray
 
         from .shard_task import part_task, shard_task, write_task
 
         self.cfg, self.storage, self.job, self.lineage, self.on_commit = cfg, storage, job, lineage, on_commit
         self.service = service
+        self._start_service = start_service  # called when the driver first waits (curate's comment)
         opts = {"num_cpus": cfg.download.task_cpus, "max_retries": 0, "scheduling_strategy": "SPREAD"}
         self.remote_whole = ray.remote(**opts)(shard_task)
         self.remote_part = ray.remote(num_returns=2, **opts)(part_task)
@@ -181,6 +184,10 @@ class Driver:
 
         if not self.inflight:
             return
+        if self._start_service is not None:
+            self.service, self._start_service = self._start_service(), None
+        if self.service is not None:
+            self.service.wait_ready()  # the tasks submitted so far run meanwhile; a failed rebuild raises here
         done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
         for ref in done:
             self._handle(ref, self.inflight.pop(ref))
@@ -276,6 +283,7 @@ def curate(cfg: CurateConfig) -> dict:
             f"{storage.uri} was curated from other input files or another shard_size (plan {previous}, "
             f"now {plan}); resuming would put rows under different keys. Use a new output root."
         )
+    cfg = resolve_phash_method(cfg, manifest, storage.uri)
     files = input_files(cfg.input)
     lineage = {"curate": {"plan_hash": plan, "inputs": files, "config": cfg.to_dict(), "versions": _versions(),
                           "started_at": utc_now(), "models": _models(cfg)}}
@@ -302,9 +310,11 @@ def curate(cfg: CurateConfig) -> dict:
 
         import ray
 
-        service, clip_actors = _start_services(cfg, storage, sorted(committed))
-        job = ShardJob(cfg, storage.uri, str(work), clip_actors, service.client() if service else None)
-        driver = Driver(cfg, storage, job, lineage, on_commit, service)
+        dedup = _dedup_plan(cfg, storage, sorted(committed))
+        job = ShardJob(cfg, storage.uri, str(work), _start_clip_actors(cfg), dedup.client() if dedup else None)
+        # the dedup partitions start when the driver first waits, after the first shard tasks were
+        # submitted: those get the workers Ray started with (DedupClient's docstring)
+        driver = Driver(cfg, storage, job, lineage, on_commit, start_service=dedup.start if dedup else None)
         limit = cfg.max_inflight or max(2, int(2 * ray.cluster_resources().get("CPU", 2) / cfg.download.task_cpus))
         try:
             for shard in itertools.chain([first], shards):
@@ -314,8 +324,9 @@ def curate(cfg: CurateConfig) -> dict:
             while driver.busy:
                 driver.wait()
         finally:
-            if service is not None:
-                service.stop()
+            if driver.service is not None:
+                driver.service.stop()
+        service = driver.service
     bar.close()
     if not cfg.keep_work and work.exists():
         shutil.rmtree(work, ignore_errors=True)
@@ -326,26 +337,71 @@ def curate(cfg: CurateConfig) -> dict:
     return summary
 
 
-def _start_services(cfg: CurateConfig, storage: Storage, committed: list[str]):
-    """The dedup partitions (rebuilt from the committed shards) and the CLIP actors, if enabled."""
-    import ray
+def resolve_phash_method(cfg: CurateConfig, manifest: Manifest, where: str) -> CurateConfig:
+    """`cfg` with decode.phash_method fixed for this dataset: the method its committed shards were
+    hashed with (hashes of two methods are not comparable), box for a new one."""
+    previous = manifest.lineage.get("curate", {}).get("config", {}).get("decode", {})
+    recorded = None
+    if manifest.shards and previous.get("phash", True):
+        recorded = previous.get("phash_method", "lanczos")  # curated before the setting existed: imagehash's
+    wanted = cfg.decode.phash_method
+    if wanted == "auto":
+        method = recorded or "box"
+        if recorded:
+            log.info("decode.phash_method: %s, the method this dataset's committed shards were hashed with", method)
+    elif recorded and wanted != recorded and cfg.decode.phash:
+        raise PlanMismatch(
+            f"{where} was hashed with decode.phash_method={recorded}; {wanted} hashes cannot be "
+            f"compared with them, so near duplicates would be missed. Set decode.phash_method={recorded} (or auto) "
+            "to resume it, or use a new output root."
+        )
+    else:
+        method = wanted
+    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, phash_method=method))
 
-    service = None
-    d = cfg.dedup
-    if d.sha256 or d.phash_distance is not None or d.clip_cosine is not None:
+
+@dataclass
+class DedupPlan:
+    """The dedup service a run will start, and the names its shard tasks find its partitions by."""
+
+    cfg: object  # DedupConfig
+    storage: Storage
+    committed: list[str]
+    phash_bits: int | None
+    names: list[str]
+
+    def client(self):
+        from .dedup.service import DedupClient
+
+        return DedupClient(self.names, self.cfg, self.storage.uri)
+
+    def start(self):
         from .dedup import DedupService
 
-        phash_bits = cfg.decode.phash_size**2 if (cfg.decode.phash and d.phash_distance is not None) else None
-        service = DedupService.start(d, storage, committed, phash_bits)
-    clip_actors = []
-    if cfg.clip.enabled:
-        from .filters.clip import ClipStage
+        return DedupService.start(self.cfg, self.storage, self.committed, self.phash_bits, wait=False,
+                                  names=self.names)
 
-        gpus = {"num_gpus": cfg.clip.num_gpus} if cfg.clip.num_gpus else {}
-        actor = ray.remote(ClipStage)
-        clip_actors = [actor.options(num_cpus=cfg.clip.num_cpus, **gpus).remote(cfg.clip)
-                       for _ in range(cfg.clip.concurrency)]
-    return service, clip_actors
+
+def _dedup_plan(cfg: CurateConfig, storage: Storage, committed: list[str]) -> DedupPlan | None:
+    d = cfg.dedup
+    if not (d.sha256 or d.phash_distance is not None or d.clip_cosine is not None):
+        return None
+    from .dedup.service import partition_names
+
+    phash_bits = cfg.decode.phash_size**2 if (cfg.decode.phash and d.phash_distance is not None) else None
+    return DedupPlan(d, storage, committed, phash_bits, partition_names(d.partitions))
+
+
+def _start_clip_actors(cfg: CurateConfig) -> list:
+    if not cfg.clip.enabled:
+        return []
+    import ray
+
+    from .filters.clip import ClipStage
+
+    gpus = {"num_gpus": cfg.clip.num_gpus} if cfg.clip.num_gpus else {}
+    actor = ray.remote(ClipStage)
+    return [actor.options(num_cpus=cfg.clip.num_cpus, **gpus).remote(cfg.clip) for _ in range(cfg.clip.concurrency)]
 
 
 def _summary(storage: Storage, new: list[ShardEntry], driver, seconds: float, driver_cpu_s: float, service) -> dict:

@@ -21,9 +21,13 @@ Work-arounds for img2dataset 1.47, without forking it (docs/environment.md):
   which handles EXIF rotation, CMYK and 16-bit images that OpenCV's IMREAD_UNCHANGED does not);
 - `import img2dataset.downloader` runs the package's __init__, which imports its CLI entry point
   and every writer, and with them webdataset and torch: 3.9 s of CPU in each new Ray worker, a
-  large share of a small job. `import_downloader` loads the two modules a shard task uses (the
-  downloader and the resizer: 1.5 s) and runs the real __init__ only if something in the same
-  process asks the package for anything else (`img2dataset.download`, ...).
+  large share of a small job. `import_downloader` loads only the downloader module and runs the
+  real __init__ only if something in the same process asks the package for anything else
+  (`img2dataset.download`, ...). The downloader's logger imports wandb (0.6 s) for a feature a
+  shard task never uses: it gets a stand-in that imports wandb on first use. In resize
+  mode "keep" img2dataset's Resizer only hands the bytes back (`disable_all_reencoding`), so a
+  task uses `PassThroughResizer`, which does the same without importing albumentations and
+  OpenCV (0.7 s); the other modes use img2dataset's Resizer.
 """
 
 from __future__ import annotations
@@ -98,6 +102,27 @@ def import_downloader() -> None:
 
     package.__getattr__ = __getattr__
     sys.modules["img2dataset"] = package
+    _defer_import("wandb")  # img2dataset.logger's `import wandb`: loaded on first attribute use
+
+
+def _defer_import(name: str) -> None:
+    """Put a stand-in for module `name` in sys.modules that imports the real module the first time
+    any attribute of it is asked for, and from then on forwards to it (and leaves the real one in
+    sys.modules). An `import name` binds the stand-in without loading anything. (importlib's
+    LazyLoader does not do here: on Python 3.11 the import statement itself reads the module's
+    __spec__ and so loads it.) Nothing if `name` is loaded already."""
+    if name in sys.modules:
+        return
+    import types
+
+    class Deferred(types.ModuleType):
+        def __getattr__(self, attr: str):
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            return getattr(real, attr)
+
+    sys.modules[name] = Deferred(name)
 
 
 def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
@@ -151,18 +176,29 @@ class MemorySampleWriter:
 
 
 # -- one shard (or a range of one): img2dataset's Downloader, as its Ray distributor runs it -------
+class PassThroughResizer:
+    """What img2dataset's Resizer does with `disable_all_reencoding=True` (resize mode "keep"):
+    the downloaded bytes back, unread, with no sizes and no error."""
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        return img_stream.read(), None, None, None, None, None
+
+
 def _downloader(cfg: DownloadConfig, decode: DecodeConfig, shard_size: int, output_folder: Path):
     from img2dataset.downloader import Downloader
-    from img2dataset.resizer import Resizer
 
-    keep = cfg.resize_mode == "keep"
-    quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
-    resizer = Resizer(image_size=cfg.image_size, resize_mode="no" if keep else cfg.resize_mode,
-                      resize_only_if_bigger=True, encode_format=cfg.encode_format, encode_quality=quality,
-                      skip_reencode=True, disable_all_reencoding=keep,
-                      # in resize modes img2dataset decodes: it applies the same limits first
-                      min_image_size=decode.min_side, max_aspect_ratio=decode.max_aspect,
-                      max_image_area=decode.max_pixels)
+    if cfg.resize_mode == "keep":
+        resizer = PassThroughResizer()
+    else:
+        from img2dataset.resizer import Resizer
+
+        quality = cfg.encode_quality if cfg.encode_quality is not None else (3 if cfg.encode_format == "png" else 95)
+        resizer = Resizer(image_size=cfg.image_size, resize_mode=cfg.resize_mode,
+                          resize_only_if_bigger=True, encode_format=cfg.encode_format, encode_quality=quality,
+                          skip_reencode=True, disable_all_reencoding=False,
+                          # in resize modes img2dataset decodes: it applies the same limits first
+                          min_image_size=decode.min_side, max_aspect_ratio=decode.max_aspect,
+                          max_image_area=decode.max_pixels)
     directives = [d.strip().lower() for d in cfg.disallowed_header_directives]
     return Downloader(
         sample_writer_class=MemorySampleWriter, resizer=resizer, thread_count=cfg.threads,

@@ -11,7 +11,10 @@ partitions, and a retried or resumed shard gets the same answer it got the first
 dedup step of each shard is serialised this way; downloading and decoding run in parallel.
 
 Restart: each partition starts empty and is filled from the committed sidecars by parallel Ray
-tasks (one per shard: it reads the hash columns and sends each partition its rows).
+tasks (one per shard: it reads the hash columns and sends each partition its rows); its gate opens
+when they are done, and `start(wait=False)` returns before that, so shard tasks run meanwhile.
+The partitions are named actors: a client holds names and finds them on first use, so the job
+can submit shard tasks before it creates them (DedupClient says why).
 """
 
 from __future__ import annotations
@@ -103,11 +106,29 @@ def _partition_class():
             self.upto = 0  # every shard number below this is finished: the gate
             self.inserted: dict[int, frozenset] = {}
             self.cond: asyncio.Condition | None = None
+            self.ready: asyncio.Event | None = None  # set by begin: the rebuild is done
+            self.failed: str | None = None
             self.phash_bits = phash_bits
 
-        def begin(self, committed: list[int]) -> None:
-            self.finished = set(committed)
-            self._advance()
+        def _ready(self) -> asyncio.Event:
+            self.ready = self.ready or asyncio.Event()
+            return self.ready
+
+        async def begin(self, committed: list[int], loads: list) -> tuple[int, float]:
+            """Open the gate once the rebuild tasks (`loads`, refs inside a list so that Ray hands
+            them over unresolved and nobody blocks on them) have filled the index. Returns the rows
+            they loaded and the seconds it took."""
+            t0 = time.perf_counter()
+            try:
+                rows = sum(await asyncio.gather(*loads)) if loads else 0
+                self.finished = set(committed)
+                self._advance()
+                return rows, time.perf_counter() - t0
+            except BaseException as e:  # noqa: BLE001 - every waiting check fails with it, not hangs
+                self.failed = f"{type(e).__name__}: {e}"[:500]
+                raise
+            finally:
+                self._ready().set()
 
         def _advance(self) -> None:
             while self.upto in self.finished:
@@ -125,6 +146,9 @@ def _partition_class():
 
         async def _wait_turn(self, shard: int) -> None:
             """Until every shard before this one (in input order) is committed or has inserted."""
+            await self._ready().wait()
+            if self.failed:
+                raise RuntimeError(f"the dedup index could not be rebuilt from the committed shards: {self.failed}")
             self.cond = self.cond or asyncio.Condition()
             async with self.cond:
                 await self.cond.wait_for(lambda: self.upto >= shard)
@@ -194,14 +218,29 @@ def _load_committed_task():
     return load_committed
 
 
+def partition_names(partitions: int) -> list[str]:
+    """Names for one run's partition actors (unique, so runs sharing a cluster never meet)."""
+    import uuid
+
+    run = uuid.uuid4().hex[:12]
+    return [f"deepfusion-dedup-{run}-{p}" for p in range(partitions)]
+
+
 class DedupService:
-    def __init__(self, partitions: list, cfg, root: str, phash_bits: int | None):
+    def __init__(self, partitions: list, cfg, root: str, phash_bits: int | None, names: list[str]):
         self.partitions, self.cfg, self.root, self.phash_bits = partitions, cfg, root, phash_bits
+        self.names = names
         self.rebuild_s = 0.0
         self.rebuilt_rows = 0
+        self._begun: list = []  # the partitions' begin calls, until wait_ready has their answers
 
     @classmethod
-    def start(cls, cfg, storage, committed: list[str], phash_bits: int | None) -> "DedupService":
+    def start(cls, cfg, storage, committed: list[str], phash_bits: int | None, wait: bool = True,
+              names: list[str] | None = None) -> "DedupService":
+        """Start the partitions (named `names`, which clients made earlier may already hold) and
+        their rebuild from the committed shards. With wait=False it returns at once: shard tasks run
+        while the actors start and load (their first check waits for it), and `wait_ready()` later
+        reports the rebuild or raises its error."""
         import ray
 
         centroids = None
@@ -212,26 +251,41 @@ class DedupService:
         actor = _partition_class()
         conf = {"phash_segments": cfg.phash_segments, "phash_flips": cfg.phash_flips, "clip_nprobe": cfg.clip_nprobe,
                 "threads": cfg.actor_threads}
-        partitions = [actor.options(num_cpus=cfg.actor_cpus, max_concurrency=1000).remote(conf, phash_bits, centroids)
-                      for _ in range(cfg.partitions)]
-        service = cls(partitions, cfg, storage.uri, phash_bits)
-        t0 = time.perf_counter()
+        names = names or partition_names(cfg.partitions)
+        if len(names) != cfg.partitions:
+            raise ValueError(f"{len(names)} partition names for dedup.partitions={cfg.partitions}")
+        partitions = [actor.options(name=name, num_cpus=cfg.actor_cpus, max_concurrency=1000)
+                      .remote(conf, phash_bits, centroids) for name in names]
+        service = cls(partitions, cfg, storage.uri, phash_bits, names)
+        loads = []
         if committed:
             if cfg.clip_cosine is not None and centroids is None:
                 raise ValueError(f"{storage.uri} has committed shards but no {CENTROIDS}: its CLIP dedup index "
                                  "cannot be rebuilt the same way; use a new output root or dedup.clip_cosine: null")
             load = _load_committed_task()
-            counts = ray.get([load.remote(storage.uri, sid, partitions, cfg.sha256, cfg.phash_distance is not None,
-                                          cfg.clip_cosine is not None) for sid in committed])
-            service.rebuilt_rows = sum(counts)
-        ray.get([p.begin.remote([int(s) for s in committed]) for p in partitions])
-        service.rebuild_s = time.perf_counter() - t0
-        log.info("dedup: %d partition(s), %d committed rows loaded in %.1f s", len(partitions), service.rebuilt_rows,
-                 service.rebuild_s)
+            loads = [load.remote(storage.uri, sid, partitions, cfg.sha256, cfg.phash_distance is not None,
+                                 cfg.clip_cosine is not None) for sid in committed]
+        service._begun = [p.begin.remote([int(s) for s in committed], loads) for p in partitions]
+        if wait:
+            service.wait_ready()
         return service
 
+    def wait_ready(self) -> None:
+        """Block until every partition has its committed rows (at once after the first call);
+        raises what broke the rebuild."""
+        import ray
+
+        if not self._begun:
+            return
+        answers = ray.get(self._begun)
+        self._begun = []
+        self.rebuilt_rows = answers[0][0]
+        self.rebuild_s = max(seconds for _, seconds in answers)
+        log.info("dedup: %d partition(s), %d committed rows loaded in %.1f s", len(self.partitions),
+                 self.rebuilt_rows, self.rebuild_s)
+
     def client(self) -> "DedupClient":
-        return DedupClient(self.partitions, self.cfg, self.root)
+        return DedupClient(self.names, self.cfg, self.root)
 
     def committed(self, shard: int) -> None:
         for p in self.partitions:
@@ -245,10 +299,27 @@ class DedupService:
 
 
 class DedupClient:
-    """Runs one shard's dedup from inside its task: check at every partition, decide, insert."""
+    """Runs one shard's dedup from inside its task: check at every partition, decide, insert.
 
-    def __init__(self, partitions: list, cfg, root: str):
-        self.partitions, self.cfg, self.root = partitions, cfg, root
+    It holds the partitions' names and looks the actors up on first use, so a job can submit its
+    first shard tasks before it starts the partitions: Ray hands the workers it started with to
+    whatever is scheduled first, and actors created first took them (the shard tasks then waited
+    ~1.8 s for new workers on a 2-core node)."""
+
+    LOOKUP_TIMEOUT_S = 120.0
+
+    def __init__(self, names: list[str], cfg, root: str):
+        self.names, self.cfg, self.root = names, cfg, root
+        self._partitions: list | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_partitions": None}
+
+    @property
+    def partitions(self) -> list:
+        if self._partitions is None:
+            self._partitions = [_actor_named(name, self.LOOKUP_TIMEOUT_S) for name in self.names]
+        return self._partitions
 
     def run(self, shard: int, rows: list[dict]) -> list[Verdict | None]:
         import ray
@@ -307,6 +378,21 @@ class DedupClient:
         np.save(buf, centroids)
         Storage(self.root).write_atomic(CENTROIDS, buf.getvalue())
         ray.get([p.set_centroids.remote(centroids) for p in self.partitions])
+
+
+def _actor_named(name: str, timeout_s: float):
+    """The actor called `name` in this job's namespace, waiting for the driver to create it."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get_actor(name)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dedup partition {name} does not exist {timeout_s:.0f} s after the shard "
+                                   "task started (the job's driver never created it)") from None
+            time.sleep(0.05)
 
 
 def _wait_at_gate(refs: list, hold_s: float) -> list:

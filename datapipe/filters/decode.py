@@ -24,6 +24,7 @@ from ..rows import live, reject, to_table
 from common.messages import safe_message
 
 from ..sniff import describe_payload
+from .phash import phash_hex
 
 STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -89,6 +90,8 @@ class DecodeStage:
         self.clip_size = clip_size
         self.nsfw = nsfw  # cut open_nsfw's view too (datapipe/filters/nsfw.py)
         self.resize = resize  # resize_mode keep: our stage enforces max_side
+        # the curate job resolves "auto" per dataset before any task runs; on its own, auto is box
+        self.phash_method = "box" if cfg.phash_method == "auto" else cfg.phash_method
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels  # PIL's own guard at the same limit
@@ -164,9 +167,7 @@ class DecodeStage:
             ext = STORED_FORMATS[fmt]
         row.update(ext=ext, width=rgb.width, height=rgb.height, original_width=ow, original_height=oh)
         if cfg.phash:
-            import imagehash
-
-            row["phash"] = str(imagehash.phash(rgb, hash_size=cfg.phash_size))
+            row["phash"] = phash_hex(rgb, cfg.phash_size, self.phash_method)
         if self.clip_size:
             row["clip_pixels"] = clip_view(rgb, self.clip_size)
         if self.nsfw:
