@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 import json
 
 import pytest
@@ -50,7 +51,7 @@ def test_tar_writer_writes_what_webdataset_writes_byte_for_byte():
 
     samples = [("000000000001", {"png": png_bytes(), "json": b'{"a": 1}'}),
                ("000000000002", {"jpg": b"\xff\xd8" + bytes(range(256)) * 40, "json": "é".encode()}),
-               ("0" * 90 + "x", {"webp": b"", "json": b"{}"})]  # a long name: a pax header
+               ("0" * 100 + "x", {"webp": b"", "json": b"{}"})]  # a name over 100 characters: a pax header
     ours, theirs = io.BytesIO(), io.BytesIO()
     writer = WebDatasetTarWriter(ours)
     reference = wds.TarWriter(theirs, mtime=TAR_MTIME)
@@ -60,6 +61,15 @@ def test_tar_writer_writes_what_webdataset_writes_byte_for_byte():
     writer.close()
     reference.close()
     assert ours.getvalue() == theirs.getvalue() and len(ours.getvalue()) > 10_000
+    # ordinary members get a plain ustar header: no 1 KB pax header each (a float mtime added one)
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tar:
+        assert [bool(m.pax_headers) for m in tar.getmembers()] == [False] * 4 + [True] * 2
+    ours, short = io.BytesIO(), samples[0]
+    writer = WebDatasetTarWriter(ours)
+    writer.write(*short)
+    writer.close()
+    payload = sum(-(-len(v) // 512) * 512 + 512 for v in short[1].values())
+    assert payload < len(ours.getvalue()) <= payload + 10240  # + the end-of-archive blocks and record padding
 
 
 def test_rerun_replaces_shard_without_duplicates(tmp_path):

@@ -31,7 +31,8 @@ from .schema import (
 )
 from .storage import Storage
 
-TAR_MTIME = 0.0  # fixed member times: the same input gives byte-identical tars on every rerun
+TAR_MTIME = 0  # fixed member times: the same input gives byte-identical tars on every rerun. An int:
+# a float (0.0) made tarfile add a 1 KB pax header (for the mtime) to every member
 
 
 @dataclass
