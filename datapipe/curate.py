@@ -36,7 +36,8 @@ from datapipe.contract import Manifest, ShardEntry, Storage, commit_shards, utc_
 from common.ray_runtime import init_ray as join_or_start_ray
 from datapipe.contract.shards import read_rejects
 
-from .config import CurateConfig
+from .config import CurateConfig, DedupConfig
+from .filters.phash import NEW_DATASET_METHOD
 from .inputs import input_files, iter_shards
 from .shard_task import ShardJob, ShardResult
 
@@ -136,13 +137,13 @@ class ShardPlan:
 
 class Driver:
     def __init__(self, cfg: CurateConfig, storage: Storage, job: ShardJob, lineage: dict, on_commit,
-                 service=None, start_service=None):
+                 start_service=None):
         import ray
 
         from .shard_task import part_task, shard_task, write_task
 
         self.cfg, self.storage, self.job, self.lineage, self.on_commit = cfg, storage, job, lineage, on_commit
-        self.service = service
+        self.service = None  # the DedupService, once started
         self._start_service = start_service  # called when the driver first waits (curate's comment)
         opts = {"num_cpus": cfg.download.task_cpus, "max_retries": 0, "scheduling_strategy": "SPREAD"}
         self.remote_whole = ray.remote(**opts)(shard_task)
@@ -346,7 +347,7 @@ def resolve_phash_method(cfg: CurateConfig, manifest: Manifest, where: str) -> C
         recorded = previous.get("phash_method", "lanczos")  # curated before the setting existed: imagehash's
     wanted = cfg.decode.phash_method
     if wanted == "auto":
-        method = recorded or "box"
+        method = recorded or NEW_DATASET_METHOD
         if recorded:
             log.info("decode.phash_method: %s, the method this dataset's committed shards were hashed with", method)
     elif recorded and wanted != recorded and cfg.decode.phash:
@@ -364,7 +365,7 @@ def resolve_phash_method(cfg: CurateConfig, manifest: Manifest, where: str) -> C
 class DedupPlan:
     """The dedup service a run will start, and the names its shard tasks find its partitions by."""
 
-    cfg: object  # DedupConfig
+    cfg: DedupConfig
     storage: Storage
     committed: list[str]
     phash_bits: int | None

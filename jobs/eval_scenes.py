@@ -240,7 +240,6 @@ def heldout_loss(checkpoint: str | Path, prompts: int = 64, prompt_seed: int = 4
     prompt-conditioned scenes; comparable between models of the same codec and EDM settings."""
     import torch
 
-    from model import encode_for
     from trainer.buckets import resize_to_bucket
     from trainer.sampling import load_pipeline
 
@@ -252,17 +251,33 @@ def heldout_loss(checkpoint: str | Path, prompts: int = 64, prompt_seed: int = 4
     x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
     cfg = pipe.edm.cfg
     zs = torch.linspace(-1.5, 1.5, levels)
-    per_level = []
-    with torch.no_grad():
-        texts = encode_for(pipe.dit, pipe.encoders, [s.prompt for s in specs])
-        cond = ([t.hidden for t in texts], [t.mask for t in texts])
-        for k, z in enumerate(zs):
-            sigma = torch.full((len(specs),), math.exp(cfg.p_mean + cfg.p_std * float(z)), device=pipe.device)
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed * 1000 + k)).to(pipe.device)
-            losses, _ = pipe.edm.loss(pipe.dit, x0, *cond, sigma=sigma, noise=noise)
-            per_level.append(float(losses.mean()))
+    sigmas = [math.exp(cfg.p_mean + cfg.p_std * float(z)) for z in zs]
+    losses = fixed_noise_losses(pipe, x0, [s.prompt for s in specs], sigmas, noise_seed, batch=len(specs))
+    per_level = [float(losses[:, k].contiguous().mean()) for k in range(len(sigmas))]
     return {"loss": round(sum(per_level) / len(per_level), 5), "prompts": len(specs),
-            "per_sigma": {f"{math.exp(cfg.p_mean + cfg.p_std * float(z)):.3g}": round(v, 5) for z, v in zip(zs, per_level)}}
+            "per_sigma": {f"{sigma:.3g}": round(v, 5) for sigma, v in zip(sigmas, per_level)}}
+
+
+def fixed_noise_losses(pipe, x0, prompts: list[str], sigmas, noise_seed: int, batch: int = 16):
+    """The EDM loss of each prompt's clean latent `x0[i]` at each of `sigmas`, with the same noise
+    for every model (seeded by `noise_seed` and the level): a float32 tensor [prompts, levels]."""
+    import torch
+
+    from model import encode_for
+
+    noises = [torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed * 1000 + k)).to(pipe.device)
+              for k in range(len(sigmas))]
+    per_level = [[] for _ in sigmas]
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch):
+            sl = slice(start, start + batch)
+            texts = encode_for(pipe.dit, pipe.encoders, prompts[sl])
+            cond = ([t.hidden for t in texts], [t.mask for t in texts])
+            for k, sigma in enumerate(sigmas):
+                loss, _ = pipe.edm.loss(pipe.dit, x0[sl], *cond, noise=noises[k][sl],
+                                        sigma=torch.full((len(prompts[sl]),), sigma, device=pipe.device))
+                per_level[k].append(loss.cpu())
+    return torch.stack([torch.cat(row) for row in per_level], 1)
 
 
 # Noise levels of text_use, the same for every model (comparable across EDM settings). What a
@@ -282,9 +297,7 @@ def text_use(pipe, per_category: int = 16, prompt_seed: int = 4243, noise_seed: 
     import random
 
     import torch
-    from PIL import Image
 
-    from model import encode_for
     from scenes.eval_prompts import CHANGEABLE, changed_prompt
     from trainer.buckets import resize_to_bucket
 
@@ -296,21 +309,8 @@ def text_use(pipe, per_category: int = 16, prompt_seed: int = 4243, noise_seed: 
     pixels = torch.stack([resize_to_bucket(render(s.scene), (h, w)) for s in specs]).to(pipe.device)
     x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
     sigmas = TEXT_USE_SIGMAS
-    losses = {}  # variant -> [prompts, levels]
-    noises = [torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed * 1000 + k)).to(pipe.device)
-              for k in range(len(sigmas))]
-    with torch.no_grad():
-        for name, prompts in variants.items():
-            per_level = [[] for _ in sigmas]
-            for start in range(0, len(specs), 16):
-                sl = slice(start, start + 16)
-                texts = encode_for(pipe.dit, pipe.encoders, prompts[sl])
-                cond = ([t.hidden for t in texts], [t.mask for t in texts])
-                for k, sigma in enumerate(sigmas):
-                    loss, _ = pipe.edm.loss(pipe.dit, x0[sl], *cond, noise=noises[k][sl],
-                                            sigma=torch.full((len(prompts[sl]),), sigma, device=pipe.device))
-                    per_level[k].append(loss.cpu())
-            losses[name] = torch.stack([torch.cat(row) for row in per_level], 1).double()  # [prompts, levels]
+    losses = {name: fixed_noise_losses(pipe, x0, prompts, sigmas, noise_seed).double()  # [prompts, levels]
+              for name, prompts in variants.items()}
     out = {"sigmas": [round(v, 4) for v in sigmas], "prompts_per_category": per_category}
     for c in CHANGEABLE:
         idx = [i for i, s in enumerate(specs) if s.category == c]

@@ -24,7 +24,7 @@ from ..rows import live, reject, to_table
 from common.messages import safe_message
 
 from ..sniff import describe_payload
-from .phash import phash_hex
+from .phash import NEW_DATASET_METHOD, phash_hex
 
 STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -91,7 +91,7 @@ class DecodeStage:
         self.nsfw = nsfw  # cut open_nsfw's view too (datapipe/filters/nsfw.py)
         self.resize = resize  # resize_mode keep: our stage enforces max_side
         # the curate job resolves "auto" per dataset before any task runs; on its own, auto is box
-        self.phash_method = "box" if cfg.phash_method == "auto" else cfg.phash_method
+        self.phash_method = NEW_DATASET_METHOD if cfg.phash_method == "auto" else cfg.phash_method
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels  # PIL's own guard at the same limit
