@@ -10,6 +10,9 @@ Each contender runs as a fresh process, timed from launch to exit (start-up incl
   ours/off           deepfusion curate, filters off: decode.enabled=false (header only), no dedup
   ours/validate      + the decode stage (full decode, modes, size filters), no dedup
   ours/default       + sha256 + perceptual-hash dedup (the distributed index actors)
+  ours/default-close the same with download.keep_alive=false: a new connection per URL, as
+                     img2dataset does (every URL here is on one host, which keep-alive favours;
+                     a web URL list spreads over many hosts)
   ours/nsfw          the embedded profile as shipped: + the open_nsfw score of every kept image
   ours/clip          + CLIP ViT-B-32 embedding (random weights: same compute as real ones) and 3
                      heads, on the first --clip-n URLs (it is ~100x slower on a CPU)
@@ -116,6 +119,7 @@ def main() -> None:
             "ours/off": ours + [f"output={work / 'off'}"] + off,
             "ours/validate": ours + [f"output={work / 'validate'}"] + nodedup,
             "ours/default": ours + [f"output={work / 'default'}"] + nonsfw,
+            "ours/default-close": ours + [f"output={work / 'default-close'}", "download.keep_alive=false"] + nonsfw,
             "ours/nsfw": ours + [f"output={work / 'nsfw'}"],
         }
         if args.clip_n:

@@ -38,10 +38,13 @@ class InputConfig:
 @dataclass
 class DownloadConfig:
     threads: int = 32  # per img2dataset shard task
-    timeout_s: float = 10.0  # per connect and per read (urllib's timeout)
+    timeout_s: float = 10.0  # per connect and per read (the socket's timeout)
     deadline_s: float = 30.0  # whole download of one image: a server that drips bytes is cut off here
     max_bytes: int = 50_000_000  # a larger body is abandoned (huge files)
     retries: int = 1
+    # keep a connection open for the next URL of the same host and port (HTTP/1.1 keep-alive;
+    # datapipe/fetch.py): false opens one connection per URL, as img2dataset's urllib does
+    keep_alive: bool = True
     user_agent_token: str = "deepfusion"
     # X-Robots-Tag directives that mean "do not use": honoured, and the row rejected with reason `opt_out`
     disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from .config import DecodeConfig, DownloadConfig
-from .fetch import ERROR, fetch, build_opener
+from .fetch import ERROR, Connections, fetch
 from .inputs import InputShard
 from .rows import ROW_SCHEMA, reject
 from .urlpolicy import UrlPolicy, redact
@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 # this worker's settings for `download_image`, set from the job's DownloadConfig by install_download_patch
 LIMITS = {"deadline_s": 30.0, "max_bytes": 50_000_000}
-_POLICY: dict = {}  # "policy" and "opener" of this worker, built once per policy config
+_POLICY: dict = {}  # "policy" of this worker, built once per policy config
+_CONNECTIONS: list[Connections] = []  # the connections of the shard this worker downloads (download_rows)
 # what arrived for each row of the shard this worker downloads (img2dataset's row index ->
 # (content type, bytes)), for a reject detail that describes the response without quoting it
 RESPONSES: dict[int, tuple[str | None, int]] = {}
@@ -74,8 +75,13 @@ def download_image(row, timeout, user_agent_token, disallowed_header_directives)
     if disallowed_header_directives:
         def opted_out(headers):
             return is_disallowed(headers, user_agent_token, disallowed_header_directives)
-    got = fetch(_POLICY["opener"], _POLICY["policy"], url, timeout, LIMITS["deadline_s"], int(LIMITS["max_bytes"]),
-                agent, opted_out)
+    own = None if _CONNECTIONS else Connections(_POLICY["policy"], keep_alive=False)  # called outside a shard
+    try:
+        got = fetch(own or _CONNECTIONS[-1], url, timeout, LIMITS["deadline_s"], int(LIMITS["max_bytes"]), agent,
+                    opted_out)
+    finally:
+        if own is not None:
+            own.close()
     RESPONSES[key] = (got.content_type, got.size)
     if got.body is None:
         return key, None, got.error
@@ -135,8 +141,7 @@ def install_download_patch(cfg: DownloadConfig, decode: DecodeConfig) -> None:
     LIMITS.update(deadline_s=float(cfg.deadline_s), max_bytes=int(cfg.max_bytes))
     policy_key = json.dumps(dataclasses.asdict(cfg.url_policy), sort_keys=True)
     if _POLICY.get("key") != policy_key:
-        policy = UrlPolicy(cfg.url_policy)
-        _POLICY.update(key=policy_key, policy=policy, opener=build_opener(policy))
+        _POLICY.update(key=policy_key, policy=UrlPolicy(cfg.url_policy))
     # OpenCV reads worker_env()'s limit once, when it loads: the job's workers inherit it; this
     # covers a process that imports img2dataset (and with it OpenCV) here first
     for name, value in worker_env(decode).items():
@@ -226,9 +231,11 @@ def download_rows(scratch: Path, cfg: DownloadConfig, decode: DecodeConfig, shar
     with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table)
     RESPONSES.clear()
+    _CONNECTIONS.append(Connections(_POLICY["policy"], keep_alive=cfg.keep_alive))
     try:
         ok, _ = _downloader(cfg, decode, shard_size, scratch)((0, str(arrow)))
     finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind
+        _CONNECTIONS.pop().close()
         results = MemorySampleWriter.results.pop(str(scratch), {})
         responses = dict(RESPONSES)
         RESPONSES.clear()

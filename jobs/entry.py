@@ -27,6 +27,17 @@ def _write_summary(path: str | None, summary: dict) -> None:
         Path(path).write_text(json.dumps(summary, indent=1, default=str) + "\n")
 
 
+def stop_ray() -> None:
+    """Stop this process's Ray (its local instance, or its connection to a cluster) once the job's
+    summary is out. Ray does it at exit anyway, but first sleeps 0.5 s so that worker log lines
+    reach the driver's terminal; these jobs do not forward worker logs (log_to_driver=False)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def job_main(prog: str, doc: str, run: Run, describe: Callable[[dict], str], argv: list[str] | None = None,
              known_errors: tuple[type[BaseException], ...] = ()) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +53,8 @@ def job_main(prog: str, doc: str, run: Run, describe: Callable[[dict], str], arg
     except (ContractError, FileNotFoundError, ValueError, *known_errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        stop_ray()
     print(describe(summary))
     _write_summary(args.summary_json, summary)
     return 0
@@ -53,7 +66,10 @@ def add_job_command(sub, formatter, name: str, help: str, doc: str, examples: st
 
     def handler(args: argparse.Namespace) -> int:
         overrides = check(args.overrides) if check else args.overrides
-        summary = run(args.config, overrides)
+        try:
+            summary = run(args.config, overrides)
+        finally:
+            stop_ray()
         print(describe(summary))
         _write_summary(args.summary_json, summary)
         return 0

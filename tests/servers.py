@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -76,3 +77,85 @@ class Redirector(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class KeepAliveServer:
+    """A raw HTTP/1.1 server on loopback that keeps connections open and counts them, with answers
+    that misbehave on a kept-open connection:
+      /img/<n>       200, a 100-byte body naming n
+      /chunked/<n>   the same body, chunked
+      /then-close    200 with a body, no `Connection: close`, and the socket closed after it
+      /junk-after    200 with a body, then (0.1 s later) bytes that are not a response
+      /404           404 with a body;  /big  Content-Length 10,000;  /redirect  302 to /img/1
+    `requests` holds (connection number, request head) of every request."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def body(n: str) -> bytes:
+        return f"image {n} ".encode().ljust(100, b".")
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(4096)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                head = head.decode("latin-1")
+                with self._lock:
+                    self.requests.append((number, head))
+                path = head.split(" ")[1]
+                close = "connection: close" in head.lower()
+                ok = "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                if path.startswith("/img/") or path in ("/then-close", "/junk-after"):
+                    body = self.body(path.rsplit("/", 1)[1])
+                    conn.sendall(f"{ok}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                    if path == "/then-close":
+                        return
+                    if path == "/junk-after":  # after the client has read the answer
+                        time.sleep(0.1)
+                        conn.sendall(b"NOT A RESPONSE\r\n\r\n")
+                elif path.startswith("/chunked/"):
+                    body = self.body(path.rsplit("/", 1)[1])
+                    conn.sendall(f"{ok}Transfer-Encoding: chunked\r\n\r\n".encode()
+                                 + b"%x\r\n" % 60 + body[:60] + b"\r\n" + b"%x\r\n" % 40 + body[60:] + b"\r\n0\r\n\r\n")
+                elif path == "/404":
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")
+                elif path == "/big":
+                    conn.sendall(f"{ok}Content-Length: 10000\r\n\r\n".encode() + b"x" * 10000)
+                elif path == "/redirect":
+                    conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /img/1\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                if close:
+                    return
+
+    def close(self):
+        self.sock.close()

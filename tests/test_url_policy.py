@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from datapipe.fetch import build_opener, fetch
+from datapipe.fetch import Connections, fetch
 from datapipe.urlpolicy import UrlPolicy, UrlPolicyConfig, UrlRefused, redact
 from servers import Redirector, Trap
 
@@ -59,10 +59,10 @@ def test_disallowed_loopback_targets_get_no_connection_directly_or_by_redirect()
         trap6 = None
     try:
         policy = UrlPolicy(UrlPolicyConfig(allow=[f"127.0.0.1:{redirector.port}"]))
-        opener = build_opener(policy)
+        conns = Connections(policy)
 
         def get(url):
-            return fetch(opener, policy, url, timeout=3, deadline_s=5, max_bytes=1 << 20, user_agent="test")
+            return fetch(conns, url, timeout=3, deadline_s=5, max_bytes=1 << 20, user_agent="test")
 
         assert get(f"http://127.0.0.1:{redirector.port}/ok").body == b"fine"
         for url in (f"http://127.0.0.1:{trap.port}/x.png", f"http://2130706433:{trap.port}/x.png",

@@ -1,0 +1,95 @@
+"""datapipe/fetch.py's connections: kept open between URLs of one origin, never reused after an
+answer that leaves them in doubt, and a dead kept-open connection retried once on a new one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from datapipe.fetch import Connections, fetch
+from datapipe.urlpolicy import UrlPolicy, UrlPolicyConfig
+from servers import KeepAliveServer
+
+
+@pytest.fixture
+def server():
+    s = KeepAliveServer()
+    yield s
+    s.close()
+
+
+def connections(server, keep_alive=True) -> Connections:
+    return Connections(UrlPolicy(UrlPolicyConfig(allow=[f"127.0.0.1:{server.port}"])), keep_alive=keep_alive)
+
+
+def get(conns, server, path, max_bytes=1 << 20):
+    return fetch(conns, f"http://127.0.0.1:{server.port}{path}", timeout=3, deadline_s=5, max_bytes=max_bytes,
+                 user_agent="test")
+
+
+def test_urls_of_one_origin_share_one_connection(server):
+    conns = connections(server)
+    for i in range(10):
+        got = get(conns, server, f"/img/{i}" if i % 2 else f"/chunked/{i}")
+        assert got.error is None and got.body == server.body(str(i)), got.error
+    conns.close()
+    assert server.connections == 1 and conns.opened == 1
+    assert not any("connection: close" in head.lower() for _, head in server.requests)
+
+
+def test_without_keep_alive_every_url_has_its_own_connection(server):
+    conns = connections(server, keep_alive=False)
+    for i in range(5):
+        assert get(conns, server, f"/img/{i}").body == server.body(str(i))
+    assert server.connections == 5
+    assert all("connection: close" in head.lower() for _, head in server.requests)
+
+
+def test_a_connection_the_server_closed_is_retried_once_on_a_new_one(server):
+    conns = connections(server)
+    assert get(conns, server, "/then-close").body == server.body("then-close")
+    got = get(conns, server, "/img/7")  # sent on the kept connection, which the server has closed
+    assert got.error is None and got.body == server.body("7")
+    assert server.connections == 2
+
+
+def test_bytes_after_a_body_never_become_the_next_urls_answer(server):
+    conns = connections(server)
+    assert get(conns, server, "/junk-after").body == server.body("junk-after")
+    time.sleep(0.3)  # the junk has arrived on the kept connection
+    got = get(conns, server, "/img/3")
+    assert got.error is None and got.body == server.body("3")
+    # sent on the kept connection, where the junk stood for its answer, then sent again on a new one
+    assert [n for n, head in server.requests if "/img/3" in head] == [1, 2]
+
+
+def test_no_connection_is_reused_after_an_error_a_cut_off_body_or_a_redirect(server):
+    conns = connections(server)
+    assert get(conns, server, "/404").error == "[http_404] HTTP 404 Not Found"
+    assert get(conns, server, "/big", max_bytes=1000).error.startswith("[too_large] declared 10000 bytes")
+    assert get(conns, server, "/redirect").body == server.body("1")  # the 302's connection closed, a new one
+    assert get(conns, server, "/img/2").body == server.body("2")  # reuses the redirect target's connection
+    assert server.connections == 4
+    by_path = {head.split(" ")[1]: n for n, head in server.requests}
+    assert by_path == {"/404": 1, "/big": 2, "/redirect": 3, "/img/1": 4, "/img/2": 4}
+
+
+def test_threads_share_the_pool_without_mixing_answers(server):
+    conns = connections(server)
+    wrong = []
+
+    def work(t):
+        for i in range(25):
+            name = f"{t}-{i}"
+            got = get(conns, server, f"/img/{name}")
+            if got.body != server.body(name):
+                wrong.append((name, got.error))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    conns.close()
+    assert not wrong and len(server.requests) == 200
+    assert server.connections <= 8
