@@ -231,7 +231,7 @@ def download_rows(scratch: Path, cfg: DownloadConfig, decode: DecodeConfig, shar
     with pa.OSFile(str(arrow), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table)
     RESPONSES.clear()
-    _CONNECTIONS.append(Connections(_POLICY["policy"], keep_alive=cfg.keep_alive))
+    _CONNECTIONS.append(Connections(_POLICY["policy"], keep_alive=cfg.keep_alive, max_idle=2 * cfg.threads))
     try:
         ok, _ = _downloader(cfg, decode, shard_size, scratch)((0, str(arrow)))
     finally:  # taken out even when img2dataset fails, so a failed shard leaves nothing behind

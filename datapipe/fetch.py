@@ -17,6 +17,7 @@ the CPU urllib's opener chain with a new connection per URL did (benchmarks/RESU
 
 from __future__ import annotations
 
+import collections
 import http.client
 import io
 import re
@@ -78,9 +79,12 @@ class Connections:
     img2dataset do).
     """
 
-    def __init__(self, policy: UrlPolicy, keep_alive: bool = True):
-        self.policy, self.keep_alive = policy, keep_alive
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+    def __init__(self, policy: UrlPolicy, keep_alive: bool = True, max_idle: int = 64):
+        self.policy, self.keep_alive, self.max_idle = policy, keep_alive, max_idle
+        # idle connections, least recently used first; bounded, so a URL list that spreads over
+        # thousands of hosts does not hold thousands of sockets open (the process's file limit)
+        self._idle: collections.OrderedDict[int, tuple[tuple[str, str, int], http.client.HTTPConnection]] = \
+            collections.OrderedDict()
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
         self.opened = 0  # connections opened (what keep-alive saves is visible in tests)
@@ -90,11 +94,12 @@ class Connections:
         """(a connection to the origin, whether it was used before): an idle one, unless `fresh`."""
         key = (scheme, host, port)
         with self._lock:
-            idle = None if fresh else self._idle.get(key)
-            if idle:
-                conn = idle.pop()
-                conn.sock.settimeout(timeout)
-                return conn, True
+            if not fresh:
+                for ident, (k, conn) in reversed(self._idle.items()):
+                    if k == key:
+                        del self._idle[ident]
+                        conn.sock.settimeout(timeout)
+                        return conn, True
             self.opened += 1
         if scheme == "https":
             with self._lock:
@@ -110,15 +115,23 @@ class Connections:
         if not self.keep_alive or conn.sock is None:
             conn.close()
             return
+        evicted = []
         with self._lock:
-            self._idle.setdefault((scheme, host, port), []).append(conn)
+            self._idle[id(conn)] = ((scheme, host, port), conn)
+            while len(self._idle) > self.max_idle:
+                evicted.append(self._idle.popitem(last=False)[1][1])
+        for old in evicted:
+            old.close()
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
+            idle, self._idle = self._idle, collections.OrderedDict()
+        for _, conn in idle.values():
+            conn.close()
 
 
 def _target(url: str) -> tuple[str, str, int, str]:

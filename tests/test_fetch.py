@@ -93,3 +93,21 @@ def test_threads_share_the_pool_without_mixing_answers(server):
     conns.close()
     assert not wrong and len(server.requests) == 200
     assert server.connections <= 8
+
+
+def test_idle_connections_are_bounded_least_recently_used_closed_first():
+    servers = [KeepAliveServer() for _ in range(3)]
+    try:
+        policy = UrlPolicy(UrlPolicyConfig(allow=[f"127.0.0.1:{s.port}" for s in servers]))
+        conns = Connections(policy, max_idle=2)
+        for s in servers:
+            assert get(conns, s, "/img/1").body == s.body("1")
+        assert conns.idle == 2
+        for s in reversed(servers):  # the first server's connection was closed to make room
+            assert get(conns, s, "/img/2").body == s.body("2")
+        assert [s.connections for s in servers] == [2, 1, 1]
+        conns.close()
+        assert conns.idle == 0
+    finally:
+        for s in servers:
+            s.close()
