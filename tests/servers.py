@@ -30,7 +30,10 @@ class Trap:
             except OSError:
                 return
             self.connections += 1
-            conn.close()
+            self.on_connection(conn, self.connections)
+
+    def on_connection(self, conn: socket.socket, number: int) -> None:
+        conn.close()
 
     def close(self):
         self.sock.close()
@@ -79,7 +82,7 @@ class Redirector(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
-class KeepAliveServer:
+class KeepAliveServer(Trap):
     """A raw HTTP/1.1 server on loopback that keeps connections open and counts them, with answers
     that misbehave on a kept-open connection:
       /img/<n>       200, a 100-byte body naming n
@@ -90,30 +93,16 @@ class KeepAliveServer:
     `requests` holds (connection number, request head) of every request."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.requests: list[tuple[int, str]] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     @staticmethod
     def body(n: str) -> bytes:
         return f"image {n} ".encode().ljust(100, b".")
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                number = self.connections
-            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+    def on_connection(self, conn: socket.socket, number: int) -> None:
+        threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int):
         buf = b""
@@ -156,6 +145,3 @@ class KeepAliveServer:
                     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
                 if close:
                     return
-
-    def close(self):
-        self.sock.close()
