@@ -13,7 +13,11 @@ Mix-FFN, cosine lr, the same steps, batch and data) and differs only in its over
 and sampling seeds for every arm) and a held-out denoising loss (eval prompts' own ground-truth
 renders at fixed noise levels and noise). A run whose result.json exists is reused and an
 interrupted run resumes from its last checkpoint, so the study can be completed over several
-sittings; `--arms`/`--seeds` select a part.
+sittings; `--arms`/`--seeds` select a part. Every finished run is also archived (its result and
+eval report, gzipped JSON, --archive: benchmarks/ablation_runs/ARM/seedK.json.gz, committed with
+the numbers RESULTS.md quotes): a later sitting, on another machine or after the workdir is gone,
+reuses it instead of training it again, as long as the study's settings and the arm's overrides
+are the same.
 
 Steps of the study:
 - `--sweep`: per arm, short runs at each of --lrs; the lr with the lowest held-out loss is that
@@ -32,6 +36,7 @@ Steps of the study:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -81,7 +86,37 @@ class Study:
         self.args = args
         self.work = Path(args.workdir).resolve()
         self.dataset = self.work / "dataset"
+        self.archive = Path(args.archive).resolve()
         self.cli = [sys.executable, "-m", "jobs.cli"]
+
+    # -- finished runs, in the workdir or the archive --------------------------------------
+    def settings(self) -> dict:
+        """What a run's numbers depend on besides its arm and seed."""
+        a = self.args
+        return {"n": a.n, "steps": a.steps, "per_category": a.per_category, "eval_seeds": list(a.eval_seeds),
+                "heldout": a.heldout}
+
+    def finished(self, arm: str, seed: int) -> tuple[dict, dict] | None:
+        """(result, eval report) of a finished run: from the workdir, else from the archive when
+        it was made with these settings and the arm's current overrides."""
+        result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
+        if result.exists():
+            out = json.loads(result.read_text())
+            return out, json.loads(Path(out["report"]).read_text())
+        archived = self.archive / arm / f"seed{seed}.json.gz"
+        if archived.exists():
+            saved = json.loads(gzip.decompress(archived.read_bytes()))
+            if saved["settings"] == self.settings() and saved["result"]["overrides"] == self.arm_overrides(arm)[0]:
+                return saved["result"], saved["report"]
+            print(f"{archived}: made with other settings or overrides, not reused", flush=True)
+        return None
+
+    def archive_run(self, out: dict, report: dict) -> None:
+        path = self.archive / out["arm"] / f"seed{out['seed']}.json.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = {"settings": out.get("settings", self.settings()), "result": {k: v for k, v in out.items() if k != "report"},
+                 "report": report}
+        path.write_bytes(gzip.compress(json.dumps(saved, separators=(",", ":")).encode(), mtime=0))
 
     # -- data ------------------------------------------------------------------------------
     def make_data(self) -> None:
@@ -147,8 +182,11 @@ class Study:
 
         run_dir = self.work / "runs" / arm / f"seed{seed}"
         result = run_dir / "result.json"
-        if result.exists():
-            return json.loads(result.read_text())
+        done = self.finished(arm, seed)
+        if done is not None:
+            if not (self.archive / arm / f"seed{seed}.json.gz").exists():
+                self.archive_run(*done)  # finished in the workdir before it was archived
+            return done[0]
         overrides, picked = self.arm_overrides(arm)
         curves = arm in self.args.curves
         train_s = self.train(run_dir, overrides, self.args.steps, seed, keep=1000 if curves else 1)
@@ -158,11 +196,12 @@ class Study:
         curve = self.curve(run_dir) if curves else []
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses = [m["loss"] for m in metrics if "loss" in m]
-        out = {"arm": arm, "seed": seed, "overrides": overrides, "picked": picked, "train_s": round(train_s, 1),
+        out = {"arm": arm, "seed": seed, "settings": self.settings(), "overrides": overrides, "picked": picked, "train_s": round(train_s, 1),
                "eval_s": round(eval_s, 1), "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
                "skipped_steps": metrics[-1].get("skipped_steps", 0) if metrics else 0, **self.heldout(run_dir),
                **self.cost(run_dir), "report": str(run_dir / "eval" / "report.json"), "curve": curve}
         result.write_text(json.dumps(out, indent=1) + "\n")
+        self.archive_run(out, report)
         print(f"{arm} seed {seed}: mean {report['model']['overall']['accuracy']:.1%}, held-out loss {out['loss']:.4f}, "
               f"trained in {train_s:.0f}s", flush=True)
         return out
@@ -210,13 +249,18 @@ class Study:
         from jobs.paired_stats import arm_outcomes, bootstrap_mean, mcnemar, paired_bootstrap
         from scenes.eval_prompts import IN_DISTRIBUTION
 
-        results = {a: [json.loads(p.read_text()) for p in sorted((self.work / "runs" / a).glob("seed*/result.json"))]
-                   for a in arms}
-        results = {a: r for a, r in results.items() if r}
-        if not results:
+        runs = {}
+        for a in arms:
+            seeds = {int(p.parent.name[4:]) for p in (self.work / "runs" / a).glob("seed*/result.json")}
+            seeds |= {int(p.name[4:].split(".")[0]) for p in (self.archive / a).glob("seed*.json.gz")}
+            done = [d for d in (self.finished(a, seed) for seed in sorted(seeds)) if d is not None]
+            if done:
+                runs[a] = done
+        if not runs:
             print("no finished runs yet")
             return {}
-        reports = {a: [json.loads(Path(r["report"]).read_text()) for r in rs] for a, rs in results.items()}
+        results = {a: [r for r, _ in done] for a, done in runs.items()}
+        reports = {a: [rep for _, rep in done] for a, done in runs.items()}
         ref = self.args.reference if self.args.reference in reports else next(iter(reports))
         scored = {e["category"] for e in reports[ref][0]["examples"]}
         cats = [c for c in IN_DISTRIBUTION if c in scored]
@@ -237,6 +281,7 @@ class Study:
             table[a] = row
         study = {"reference": ref, "categories": cats, "steps": self.args.steps, "eval": self.eval_config().__dict__,
                  "arms": table, "curves": {a: [r["curve"] for r in rs] for a, rs in results.items() if rs[0]["curve"]}}
+        self.work.mkdir(parents=True, exist_ok=True)  # a sitting that has only the archive
         (self.work / "study.json").write_text(json.dumps(study, indent=1) + "\n")
         if study["curves"]:
             plot_curves(study["curves"], self.work / "learning_curves.png")
@@ -335,6 +380,8 @@ def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/study")
+    ap.add_argument("--archive", default=str(ROOT / "benchmarks" / "ablation_runs"),
+                    help="finished runs (result + eval report) kept here and reused by later sittings")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per arm")
     ap.add_argument("--n", type=int, default=2000, help="scenes in the training set (the demo's corpus size)")

@@ -109,7 +109,8 @@ def test_the_study_report_from_finished_runs(tmp_path):
                 "dit_params": 1000, "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"),
                 "curve": curve}))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--workdir", str(tmp_path),
-                          "--report", "--n-boot", "300"], capture_output=True, text=True, timeout=300)
+                          "--archive", str(tmp_path / "archive"), "--report", "--n-boot", "300"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     study = json.loads((tmp_path / "study.json").read_text())
     assert study["reference"] == "sparse" and set(study["arms"]) == {"sparse", "one_to_one"}
@@ -124,6 +125,50 @@ def test_the_study_report_from_finished_runs(tmp_path):
 
     with Image.open(tmp_path / "learning_curves.png") as img:
         assert img.size == (720, 420) and len(img.convert("RGB").getcolors(1 << 16)) > 3  # lines, not a blank page
+
+
+def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_path):
+    """A later sitting without the workdir reads the archived runs; other settings do not reuse them."""
+    import gzip
+    import importlib.util
+    import shutil
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = ablation  # its dataclasses look their module up
+    spec.loader.exec_module(ablation)
+    args = SimpleNamespace(workdir=str(tmp_path / "work"), archive=str(tmp_path / "archive"), n=2000, steps=1400,
+                           per_category=30, eval_seeds=[0, 1], heldout=64, layers=[28])
+    study = ablation.Study(args)
+    rng = np.random.default_rng(5)
+    for arm, p in (("sparse", 0.3), ("last_layer", 0.6)):
+        run = tmp_path / "work" / "runs" / arm / "seed0"
+        (run / "eval").mkdir(parents=True)
+        (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
+        (run / "result.json").write_text(json.dumps({
+            "arm": arm, "seed": 0, "settings": study.settings(), "overrides": study.arm_overrides(arm)[0],
+            "picked": {}, "train_s": 1.0, "loss": 0.2, "dit_params": 1000, "dit_train_gflops_per_sample": 0.5,
+            "report": str(run / "eval" / "report.json"), "curve": []}))
+        assert study.full_run(arm, 0)["arm"] == arm  # finished in the workdir: archived, nothing trained
+    saved = json.loads(gzip.decompress((tmp_path / "archive" / "last_layer" / "seed0.json.gz").read_bytes()))
+    assert saved["settings"]["steps"] == 1400 and len(saved["report"]["examples"]) == 180
+
+    def report(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--workdir",
+                               str(tmp_path / "work"), "--archive", str(tmp_path / "archive"), "--report",
+                               "--per-category", "30", "--n-boot", "200", *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    first = report()
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = json.loads((tmp_path / "work" / "study.json").read_text())
+    shutil.rmtree(tmp_path / "work")  # the next sitting has the archive only
+    again = report()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "work" / "study.json").read_text())["arms"] == table["arms"]
+    other = report("--steps", "700")
+    assert "not reused" in other.stdout and "no finished runs yet" in other.stdout
 
 
 def test_repeated_prompt_texts_stay_separate_images():
