@@ -3,6 +3,7 @@ answer that leaves them in doubt, and a dead kept-open connection retried once o
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 
@@ -111,3 +112,68 @@ def test_idle_connections_are_bounded_least_recently_used_closed_first():
     finally:
         for s in servers:
             s.close()
+
+
+def _self_signed(tmp_path):
+    """A certificate and key for 127.0.0.1, made here (nothing leaves the machine)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TlsKeepAliveServer(KeepAliveServer):
+    """KeepAliveServer behind TLS."""
+
+    def __init__(self, cert, key):
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(cert, key)
+        super().__init__()
+
+    def on_connection(self, conn, number):
+        def handshake():
+            try:
+                tls = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()  # the client refused our certificate
+                return
+            self._serve(tls, number)
+
+        threading.Thread(target=handshake, daemon=True).start()
+
+
+def test_https_verifies_the_certificate_and_keeps_the_tls_connection(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server = TlsKeepAliveServer(cert, key)
+    try:
+        policy = UrlPolicy(UrlPolicyConfig(allow=[f"127.0.0.1:{server.port}"]))
+        url = f"https://127.0.0.1:{server.port}/img/"
+        untrusted = Connections(policy)
+        got = fetch(untrusted, url + "1", timeout=3, deadline_s=5, max_bytes=1 << 20, user_agent="test")
+        assert got.body is None and got.error.startswith("[tls_error]"), got.error  # self-signed: refused
+        trusting = Connections(policy)
+        trusting._tls = ssl.create_default_context(cafile=str(cert))  # as if our certificate were a public one
+        for i in range(3):
+            got = fetch(trusting, url + str(i), timeout=3, deadline_s=5, max_bytes=1 << 20, user_agent="test")
+            assert got.error is None and got.body == server.body(str(i)), got.error
+        assert trusting.opened == 1 and server.connections == 2  # the refused handshake, then one kept connection
+    finally:
+        server.close()
