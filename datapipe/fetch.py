@@ -143,10 +143,6 @@ def _target(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, port, path + (f"?{parts.query}" if parts.query else "")
 
 
-class _Status(Exception):
-    """A final status that is not a 2xx (after redirects), as "[reason] detail"."""
-
-
 # a request on a reused connection that fails like this before a status line arrives had the
 # connection closed under it (the server's keep-alive timeout) or left unusable by the previous
 # answer (bytes after its body): sent once more, on a new connection
@@ -178,7 +174,10 @@ def classify(err: BaseException, timeout: float) -> str:
 
 def fetch(connections: Connections, url: str, timeout: float, deadline_s: float, max_bytes: int,
           user_agent: str, opted_out=None) -> Fetched:
-    """GET `url`; `opted_out(headers)` -> True rejects the response (X-Robots-Tag) before its body is read."""
+    """GET `url`; `opted_out(headers)` -> True rejects the response (X-Robots-Tag) before its body is read.
+
+    The connection goes back to `connections` only after a complete 2xx answer; every other way
+    out of here (an error status, a redirect, a cut-off body, an exception) closes it."""
     policy = connections.policy
     try:
         policy.check(url)
@@ -192,11 +191,12 @@ def fetch(connections: Connections, url: str, timeout: float, deadline_s: float,
     conn = None
     try:
         for hop in range(MAX_REDIRECTS + 1):
+            if conn is not None:
+                conn.close()  # the previous hop's redirect
             origin = _target(url)
             conn, r = _request(connections, origin, headers, timeout)
             location = r.headers.get("Location") or r.headers.get("URI")
             if r.status in REDIRECTS and location is not None:
-                conn.close()
                 if hop == MAX_REDIRECTS:
                     return Fetched(None, f"[redirect_loop] {status_text(r.status)}: more than {MAX_REDIRECTS} "
                                    "redirects, or a redirect loop")
@@ -204,46 +204,39 @@ def fetch(connections: Connections, url: str, timeout: float, deadline_s: float,
                 policy.check(url)  # UrlRefused: this hop is not requested
                 continue
             if not 200 <= r.status < 300:
-                conn.close()
                 return Fetched(None, f"[http_{r.status}] {status_text(r.status)}")
             break
         content_type = sanitize_content_type(r.headers.get("Content-Type"))
         if opted_out is not None and opted_out(r.headers):
-            conn.close()
             return Fetched(None, "[opt_out] X-Robots-Tag disallows AI use of this image", content_type)
         declared = r.headers.get("Content-Length")
         declared = int(declared) if declared and declared.strip().isdigit() else None
         if declared is not None and declared > max_bytes:
-            conn.close()
             return Fetched(None, f"[too_large] declared {declared} bytes > max_bytes {max_bytes}", content_type)
         body = io.BytesIO()
         while chunk := r.read1(1 << 16):  # what has arrived: the deadline is checked per packet
             body.write(chunk)
             size = body.tell()
             if size > max_bytes:
-                conn.close()
                 return Fetched(None, f"[too_large] more than max_bytes {max_bytes} bytes", content_type, size)
             if time.monotonic() > deadline:
-                conn.close()
                 return Fetched(None, f"[too_slow] deadline of {deadline_s:g} s passed after {size} bytes",
                                content_type, size)
         if declared is not None and size < declared:
-            conn.close()
             return Fetched(None, f"[truncated] {size} of {declared} declared bytes", content_type, size)
         if size == 0:
-            conn.close()
             return Fetched(None, f"[empty_body] status {r.status} with no body "
                            f"(content type {content_type or 'none'})", content_type, 0)
         r.close()  # the response's reader; the socket stays with the connection
-        if r.will_close:
-            conn.close()
-        else:
+        if not r.will_close:
             connections.put(*origin[:3], conn)
+            conn = None  # handed back: not closed below
         return Fetched(body.getvalue(), None, content_type, size)
     except Exception as err:  # noqa: BLE001 - every failure is this URL's outcome, in our words
+        return Fetched(None, classify(err, timeout), content_type, size)
+    finally:
         if conn is not None:
             conn.close()
-        return Fetched(None, classify(err, timeout), content_type, size)
 
 
 def _request(connections: Connections, origin: tuple[str, str, int, str], headers: dict, timeout: float):
