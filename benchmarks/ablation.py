@@ -77,6 +77,19 @@ ARMS: dict[str, Arm] = {
 }
 
 
+def recipe_fingerprint() -> str:
+    """sha256 (16 hex digits) of the resolved demo training config, paths left out."""
+    import hashlib
+    from dataclasses import asdict
+
+    from trainer.config import load_config
+
+    cfg = asdict(load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml"))
+    cfg.pop("run_dir", None)
+    cfg.get("data", {}).pop("root", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}/seed{seed}"
 
@@ -91,10 +104,12 @@ class Study:
 
     # -- finished runs, in the workdir or the archive --------------------------------------
     def settings(self) -> dict:
-        """What a run's numbers depend on besides its arm and seed."""
+        """What a run's numbers depend on besides its arm and seed: the study's own settings and a
+        fingerprint of the recipe every arm starts from (so a change to the demo's config, or to a
+        preset or default it inherits, retires the archived runs instead of mixing recipes)."""
         a = self.args
         return {"n": a.n, "steps": a.steps, "per_category": a.per_category, "eval_seeds": list(a.eval_seeds),
-                "heldout": a.heldout}
+                "heldout": a.heldout, "recipe": recipe_fingerprint()}
 
     def finished(self, arm: str, seed: int) -> tuple[dict, dict] | None:
         """(result, eval report) of a finished run: from the workdir, else from the archive when

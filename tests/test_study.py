@@ -169,6 +169,10 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_p
     assert json.loads((tmp_path / "work" / "study.json").read_text())["arms"] == table["arms"]
     other = report("--steps", "700")
     assert "not reused" in other.stdout and "no finished runs yet" in other.stdout
+    shutil.rmtree(tmp_path / "work")
+    assert study.finished("sparse", 0) is not None  # the archive, same recipe
+    ablation.recipe_fingerprint = lambda: "a-changed-demo-recipe"  # e.g. demo.yaml's lr or a preset's default
+    assert study.finished("sparse", 0) is None
 
 
 def test_repeated_prompt_texts_stay_separate_images():
