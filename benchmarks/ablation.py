@@ -22,7 +22,9 @@ are the same.
 Steps of the study:
 - `--sweep`: per arm, short runs at each of --lrs; the lr with the lowest held-out loss is that
   arm's lr for the full runs (without a finished sweep an arm trains at the recipe's lr, and the
-  table says so). The single-layer arm's layer is picked the same way (--layers).
+  table says so). The single-layer arm's layer is picked the same way (--layers). The pick is
+  archived too (ARM/sweep.json.gz); a pick equal to the recipe's lr changes no override, so runs
+  finished before the sweep stay valid.
 - the full runs, `--seeds` each.
 - the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
   interval over prompts and training runs, the clean-scene rate (image quality, beside the
@@ -90,6 +92,12 @@ def recipe_fingerprint() -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def recipe_lr() -> float:
+    from trainer.config import load_config
+
+    return load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml").optim.lr
+
+
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}/seed{seed}"
 
@@ -154,12 +162,13 @@ class Study:
         return time.time() - t0
 
     def arm_overrides(self, arm: str) -> tuple[list[str], dict]:
-        """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which."""
-        overrides, picked = list(ARMS[arm].overrides), {}
-        sweep = self.work / "sweeps" / arm / "picked.json"
-        if sweep.exists():
-            picked = json.loads(sweep.read_text())
-            overrides.append(f"optim.lr={picked['lr']}")
+        """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which. A picked
+        lr equal to the recipe's adds no override: that run is the one the recipe's lr trains, and
+        a run finished before the sweep stays valid."""
+        overrides, picked = list(ARMS[arm].overrides), self.picked(arm)
+        if picked:
+            if picked["lr"] != recipe_lr():
+                overrides.append(f"optim.lr={picked['lr']}")
             if "layer" in picked:
                 overrides.append(f"model.dit.text_layer={picked['layer']}")
         elif ARMS[arm].sweep_layer:
@@ -167,11 +176,30 @@ class Study:
             picked = {"layer": self.args.layers[-1], "unswept": True}
         return overrides, picked
 
+    def sweep_settings(self, arm: str) -> dict:
+        a = self.args
+        return {**self.settings(), "sweep_steps": a.sweep_steps, "lrs": list(a.lrs),
+                "layers": list(a.layers) if ARMS[arm].sweep_layer else None, "overrides": ARMS[arm].overrides}
+
+    def picked(self, arm: str) -> dict:
+        """What the arm's finished sweep picked: from the workdir, else from the archive when it was
+        made with these settings; {} when there is none."""
+        local = self.work / "sweeps" / arm / "picked.json"
+        if local.exists():
+            return json.loads(local.read_text())
+        archived = self.archive / arm / "sweep.json.gz"
+        if archived.exists():
+            saved = json.loads(gzip.decompress(archived.read_bytes()))
+            if saved["settings"] == self.sweep_settings(arm):
+                return saved["picked"]
+            print(f"{archived}: made with other settings, not reused", flush=True)
+        return {}
+
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arm: str) -> dict:
         out = self.work / "sweeps" / arm
-        if (out / "picked.json").exists():
-            return json.loads((out / "picked.json").read_text())
+        if self.picked(arm):
+            return self.picked(arm)
         layers = self.args.layers if ARMS[arm].sweep_layer else [None]
         tried = []
         for layer in layers:
@@ -189,6 +217,10 @@ class Study:
         picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
                   "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
         (out / "picked.json").write_text(json.dumps(picked, indent=1) + "\n")
+        archived = self.archive / arm / "sweep.json.gz"
+        archived.parent.mkdir(parents=True, exist_ok=True)
+        saved = {"settings": self.sweep_settings(arm), "picked": picked}
+        archived.write_bytes(gzip.compress(json.dumps(saved, separators=(",", ":")).encode(), mtime=0))
         return picked
 
     # -- the full runs ---------------------------------------------------------------------
@@ -295,7 +327,8 @@ class Study:
                                        "mcnemar": {c: mcnemar(o, outcomes[ref], c) for c in cats}}
             table[a] = row
         study = {"reference": ref, "categories": cats, "steps": self.args.steps, "eval": self.eval_config().__dict__,
-                 "arms": table, "curves": {a: [r["curve"] for r in rs] for a, rs in results.items() if rs[0]["curve"]}}
+                 "arms": table, "curves": {a: [r["curve"] for r in rs if r["curve"]] for a, rs in results.items()
+                            if any(r["curve"] for r in rs)}}
         self.work.mkdir(parents=True, exist_ok=True)  # a sitting that has only the archive
         (self.work / "study.json").write_text(json.dumps(study, indent=1) + "\n")
         if study["curves"]:

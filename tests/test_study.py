@@ -175,6 +175,51 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_p
     assert study.finished("sparse", 0) is None
 
 
+def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_path):
+    """The sweep trains each (lr, layer), keeps the lowest held-out loss, and archives the pick; a
+    later sitting reads it; the recipe's own lr leaves the arm's overrides (and its runs) as they were."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = ablation
+    spec.loader.exec_module(ablation)
+    recipe = ablation.recipe_lr()
+    from types import SimpleNamespace
+
+    def study_for(work, losses):
+        args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
+                               per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28],
+                               lrs=[recipe / 2, recipe, recipe * 2], sweep_steps=400)
+        study = ablation.Study(args)
+        trained = []
+        def train(run_dir, overrides, steps, seed, keep=1):
+            run_dir.mkdir(parents=True)
+            trained.append(overrides)
+            return 0.0
+
+        study.train = train
+        study.heldout = lambda run_dir: {"loss": losses[len(trained) - 1]}
+        return study, trained
+
+    study, trained = study_for("w1", [0.30, 0.20, 0.25])
+    assert study.arm_overrides("last_layer") == (["model.dit.conditioning=last_layer"], {})
+    picked = study.sweep("last_layer")
+    assert len(trained) == 3 and picked["lr"] == recipe and [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.25]
+    assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]  # the recipe's lr: no override
+    again, trained_again = study_for("w2", [])  # a new workdir: the archive's pick, nothing trained
+    assert again.sweep("last_layer") == picked and trained_again == []
+
+    layer_study, trained = study_for("w3", [0.3, 0.3, 0.3, 0.3, 0.3, 0.1])  # lr x2 at layer 28 wins
+    picked = layer_study.sweep("single_layer")
+    assert len(trained) == 6 and picked["layer"] == 28 and picked["lr"] == recipe * 2
+    assert layer_study.arm_overrides("single_layer")[0] == [
+        "model.dit.conditioning=single_layer", f"optim.lr={recipe * 2}", "model.dit.text_layer=28"]
+    other, _ = study_for("w4", [])
+    other.args.sweep_steps = 200  # another sweep: its pick is not this one's
+    assert other.picked("single_layer") == {}
+
+
 def test_repeated_prompt_texts_stay_separate_images():
     """Two prompts of a category may share their words (another scene): each is its own image."""
     report = {"examples": [{"category": "colour", "prompt": "a red circle", "seed": 0, "followed": True},
