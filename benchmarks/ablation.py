@@ -125,7 +125,12 @@ class Study:
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            return out, json.loads(Path(out["report"]).read_text())
+            if out["overrides"] == self.arm_overrides(arm)[0]:
+                return out, json.loads(Path(out["report"]).read_text())
+            # e.g. a sweep finished since and picked another lr: this run is not the arm any more
+            stale = result.parent.with_name(f"seed{seed}.stale-{int(time.time())}")
+            result.parent.rename(stale)
+            print(f"{result.parent}: trained with {out['overrides']}, moved to {stale.name}", flush=True)
         archived = self.archive / arm / f"seed{seed}.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))

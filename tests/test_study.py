@@ -95,9 +95,21 @@ def test_reports_on_other_prompts_are_refused():
         arm_outcomes([a, b])
 
 
+def load_ablation():
+    """benchmarks/ablation.py as a module (it is a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = ablation  # its dataclasses look their module up
+    spec.loader.exec_module(ablation)
+    return ablation
+
+
 def test_the_study_report_from_finished_runs(tmp_path):
     """`ablation.py --report` on two arms of known outcomes: table, paired test, curves PNG."""
     rng = np.random.default_rng(3)
+    arms = load_ablation().ARMS
     for arm, p in (("sparse", 0.3), ("one_to_one", 0.8)):
         for seed in (0, 1):
             run = tmp_path / "runs" / arm / f"seed{seed}"
@@ -105,7 +117,7 @@ def test_the_study_report_from_finished_runs(tmp_path):
             (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
             curve = [{"step": s, "images": 16 * s, "mean": p * s / 300} for s in (100, 200, 300)]
             (run / "result.json").write_text(json.dumps({
-                "arm": arm, "seed": seed, "picked": {}, "train_s": 1.0, "loss": 0.2 + seed / 100,
+                "arm": arm, "seed": seed, "overrides": arms[arm].overrides, "picked": {}, "train_s": 1.0, "loss": 0.2 + seed / 100,
                 "dit_params": 1000, "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"),
                 "curve": curve}))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--workdir", str(tmp_path),
@@ -130,14 +142,10 @@ def test_the_study_report_from_finished_runs(tmp_path):
 def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_path):
     """A later sitting without the workdir reads the archived runs; other settings do not reuse them."""
     import gzip
-    import importlib.util
     import shutil
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    sys.modules["ablation"] = ablation  # its dataclasses look their module up
-    spec.loader.exec_module(ablation)
+    ablation = load_ablation()
     args = SimpleNamespace(workdir=str(tmp_path / "work"), archive=str(tmp_path / "archive"), n=2000, steps=1400,
                            per_category=30, eval_seeds=[0, 1], heldout=64, layers=[28])
     study = ablation.Study(args)
@@ -178,14 +186,10 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_p
 def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_path):
     """The sweep trains each (lr, layer), keeps the lowest held-out loss, and archives the pick; a
     later sitting reads it; the recipe's own lr leaves the arm's overrides (and its runs) as they were."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    sys.modules["ablation"] = ablation
-    spec.loader.exec_module(ablation)
-    recipe = ablation.recipe_lr()
     from types import SimpleNamespace
+
+    ablation = load_ablation()
+    recipe = ablation.recipe_lr()
 
     def study_for(work, losses):
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
@@ -218,6 +222,17 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     other, _ = study_for("w4", [])
     other.args.sweep_steps = 200  # another sweep: its pick is not this one's
     assert other.picked("single_layer") == {}
+
+    # a run finished in the workdir before a sweep picked another lr is set aside, not reused
+    layer_study.archive = tmp_path / "archive2"
+    run = tmp_path / "w3" / "runs" / "single_layer" / "seed0"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "report.json").write_text("{}")
+    (run / "result.json").write_text(json.dumps({"overrides": ["model.dit.conditioning=single_layer",
+                                                               "model.dit.text_layer=28"],
+                                                 "report": str(run / "eval" / "report.json")}))
+    assert layer_study.finished("single_layer", 0) is None
+    assert not run.exists() and len(list(run.parent.glob("seed0.stale-*"))) == 1
 
 
 def test_repeated_prompt_texts_stay_separate_images():
