@@ -20,8 +20,9 @@ reuses it instead of training it again, as long as the study's settings and the 
 are the same.
 
 Steps of the study:
-- `--sweep`: per arm, short runs at each of --lrs; the lr with the lowest held-out loss is that
-  arm's lr for the full runs (without a finished sweep an arm trains at the recipe's lr, and the
+- `--sweep`: per arm, a run at each of --lrs (full length by default: the winner is the arm's
+  seed-0 run, and a finished seed-0 run at one of the lrs is not trained again); the lr with the
+  lowest held-out loss is that arm's lr for the full runs (without a finished sweep an arm trains at the recipe's lr, and the
   table says so). The single-layer arm's layer is picked the same way (--layers). The pick is
   archived too (ARM/sweep.json.gz); a pick equal to the recipe's lr changes no override, so runs
   finished before the sweep stay valid.
@@ -121,22 +122,30 @@ class Study:
 
     def finished(self, arm: str, seed: int) -> tuple[dict, dict] | None:
         """(result, eval report) of a finished run: from the workdir, else from the archive when
-        it was made with these settings and the arm's current overrides."""
+        it was made with these settings and the arm's current overrides. A workdir run trained with
+        other overrides (a sweep picked another lr since) is moved aside."""
+        overrides = self.arm_overrides(arm)[0]
+        result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
+        if result.exists() and json.loads(result.read_text())["overrides"] != overrides:
+            stale = result.parent.with_name(f"seed{seed}.stale-{int(time.time())}")
+            result.parent.rename(stale)
+            print(f"{result.parent}: trained with other overrides, moved to {stale.name}", flush=True)
+        return self.finished_with(arm, seed, overrides, say=True)
+
+    def finished_with(self, arm: str, seed: int, overrides: list[str], say: bool = False) -> tuple[dict, dict] | None:
+        """A finished run of (arm, seed) trained with exactly `overrides`, in the workdir or the archive."""
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            if out["overrides"] == self.arm_overrides(arm)[0]:
+            if out["overrides"] == overrides:
                 return out, json.loads(Path(out["report"]).read_text())
-            # e.g. a sweep finished since and picked another lr: this run is not the arm any more
-            stale = result.parent.with_name(f"seed{seed}.stale-{int(time.time())}")
-            result.parent.rename(stale)
-            print(f"{result.parent}: trained with {out['overrides']}, moved to {stale.name}", flush=True)
         archived = self.archive / arm / f"seed{seed}.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
-            if saved["settings"] == self.settings() and saved["result"]["overrides"] == self.arm_overrides(arm)[0]:
+            if saved["settings"] == self.settings() and saved["result"]["overrides"] == overrides:
                 return saved["result"], saved["report"]
-            print(f"{archived}: made with other settings or overrides, not reused", flush=True)
+            if say:
+                print(f"{archived}: made with other settings or overrides, not reused", flush=True)
         return None
 
     def archive_run(self, out: dict, report: dict) -> None:
@@ -167,19 +176,19 @@ class Study:
         return time.time() - t0
 
     def arm_overrides(self, arm: str) -> tuple[list[str], dict]:
-        """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which. A picked
-        lr equal to the recipe's adds no override: that run is the one the recipe's lr trains, and
-        a run finished before the sweep stays valid."""
-        overrides, picked = list(ARMS[arm].overrides), self.picked(arm)
+        """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which."""
+        picked = self.picked(arm)
         if picked:
-            if picked["lr"] != recipe_lr():
-                overrides.append(f"optim.lr={picked['lr']}")
-            if "layer" in picked:
-                overrides.append(f"model.dit.text_layer={picked['layer']}")
-        elif ARMS[arm].sweep_layer:
-            overrides.append(f"model.dit.text_layer={self.args.layers[-1]}")
-            picked = {"layer": self.args.layers[-1], "unswept": True}
-        return overrides, picked
+            return self.overrides_for(arm, picked["lr"], picked.get("layer")), picked
+        if ARMS[arm].sweep_layer:
+            return self.overrides_for(arm, recipe_lr(), self.args.layers[-1]), {"layer": self.args.layers[-1], "unswept": True}
+        return list(ARMS[arm].overrides), {}
+
+    def overrides_for(self, arm: str, lr: float, layer: int | None) -> list[str]:
+        """The arm at this lr (and layer). The recipe's own lr adds no override: that run is the
+        one the recipe trains, so runs finished before a sweep picked it stay valid."""
+        return (list(ARMS[arm].overrides) + ([f"optim.lr={lr}"] if lr != recipe_lr() else [])
+                + ([f"model.dit.text_layer={layer}"] if layer is not None else []))
 
     def sweep_settings(self, arm: str) -> dict:
         a = self.args
@@ -202,9 +211,15 @@ class Study:
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arm: str) -> dict:
-        out = self.work / "sweeps" / arm
+        """Train the arm at each lr (and layer) and pick the lowest held-out loss. At the full
+        length (--sweep-steps = --steps, the default) each sweep run is a complete seed-0 run: a
+        finished seed-0 run with the same overrides is used instead of training it again, and the
+        winner becomes the arm's seed-0 run (only its eval is left), so the sweep costs no more
+        than the short one and has no short-horizon bias towards a high lr."""
         if self.picked(arm):
             return self.picked(arm)
+        out = self.work / "sweeps" / arm
+        full = self.args.sweep_steps == self.args.steps
         layers = self.args.layers if ARMS[arm].sweep_layer else [None]
         tried = []
         for layer in layers:
@@ -212,20 +227,35 @@ class Study:
                 name = f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
                 run_dir = out / name
                 done = run_dir / "heldout.json"
-                if not done.exists():
-                    extra = [f"optim.lr={lr}"] + ([f"model.dit.text_layer={layer}"] if layer is not None else [])
-                    self.train(run_dir, ARMS[arm].overrides + extra, self.args.sweep_steps, seed=0)
-                    done.write_text(json.dumps(self.heldout(run_dir)) + "\n")
-                tried.append({"lr": lr, "layer": layer, **json.loads(done.read_text())})
+                overrides = self.overrides_for(arm, lr, layer)
+                known = self.finished_with(arm, 0, overrides) if full else None
+                if known is not None:
+                    loss = {"loss": known[0]["loss"], "from": "runs/seed0"}
+                elif done.exists():
+                    loss = json.loads(done.read_text())
+                else:
+                    keep = 1000 if full and arm in self.args.curves else 1
+                    train_s = self.train(run_dir, overrides, self.args.sweep_steps, seed=0, keep=keep)
+                    loss = {**self.heldout(run_dir), "train_s": round(train_s, 1)}
+                    done.write_text(json.dumps(loss) + "\n")
+                tried.append({"lr": lr, "layer": layer, "loss": loss["loss"], **({"from": loss["from"]} if "from" in loss else {})})
                 print(f"sweep {arm} {name}: held-out loss {tried[-1]['loss']:.4f}", flush=True)
         best = min(tried, key=lambda t: t["loss"])
         picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
                   "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
+        out.mkdir(parents=True, exist_ok=True)
         (out / "picked.json").write_text(json.dumps(picked, indent=1) + "\n")
         archived = self.archive / arm / "sweep.json.gz"
         archived.parent.mkdir(parents=True, exist_ok=True)
         saved = {"settings": self.sweep_settings(arm), "picked": picked}
         archived.write_bytes(gzip.compress(json.dumps(saved, separators=(",", ":")).encode(), mtime=0))
+        if full and "from" not in best:  # the winner is a trained seed-0 run of the arm: keep it as one
+            seed0 = self.work / "runs" / arm / "seed0"
+            if seed0.exists():
+                seed0.rename(seed0.with_name(f"seed0.stale-{int(time.time())}"))
+            seed0.parent.mkdir(parents=True, exist_ok=True)
+            name = f"lr{best['lr']:g}" + (f"_layer{best['layer']}" if best["layer"] is not None else "")
+            (out / name).rename(seed0)
         return picked
 
     # -- the full runs ---------------------------------------------------------------------
@@ -242,6 +272,9 @@ class Study:
         overrides, picked = self.arm_overrides(arm)
         curves = arm in self.args.curves
         train_s = self.train(run_dir, overrides, self.args.steps, seed, keep=1000 if curves else 1)
+        swept = run_dir / "heldout.json"  # trained by the sweep (the train above only resumed it)
+        if swept.exists():
+            train_s += json.loads(swept.read_text()).get("train_s", 0.0)
         t0 = time.time()
         report = evaluate(str(run_dir), self.eval_config(), run_dir / "eval")
         eval_s = time.time() - t0
@@ -449,7 +482,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="run the lr (and layer) sweep of the selected arms first")
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 4e-3])
     ap.add_argument("--layers", nargs="+", type=int, default=[8, 15, 22, 28], help="single-layer candidates (hidden-state indices; 28 = LI-DiT's -3 of 30)")
-    ap.add_argument("--sweep-steps", type=int, default=400)
+    ap.add_argument("--sweep-steps", type=int, default=None,
+                    help="steps per sweep run (default: --steps, so the winner is the arm's seed-0 run)")
     ap.add_argument("--curves", nargs="*", default=["one_to_one", "sparse"], help="arms with learning curves")
     ap.add_argument("--curve-every", type=int, default=350, help="steps between learning-curve points")
     ap.add_argument("--curve-prompts", type=int, default=16, help="eval prompts per category at a curve point")
@@ -458,6 +492,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only the table, from the finished runs")
     ap.add_argument("--list", action="store_true", help="print the arms and their overrides")
     args = ap.parse_args()
+    args.sweep_steps = args.sweep_steps or args.steps
 
     if args.list:
         for name, arm in ARMS.items():

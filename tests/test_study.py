@@ -193,10 +193,11 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
 
     def study_for(work, losses):
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
-                               per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28],
+                               per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28], curves=[],
                                lrs=[recipe / 2, recipe, recipe * 2], sweep_steps=400)
         study = ablation.Study(args)
         trained = []
+
         def train(run_dir, overrides, steps, seed, keep=1):
             run_dir.mkdir(parents=True)
             trained.append(overrides)
@@ -222,6 +223,24 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     other, _ = study_for("w4", [])
     other.args.sweep_steps = 200  # another sweep: its pick is not this one's
     assert other.picked("single_layer") == {}
+
+    # at full length the sweep reuses the finished seed-0 run at the recipe's lr and promotes the
+    # winning run to the arm's seed-0 run
+    full, trained = study_for("w5", [0.30, 0.10])  # lr /2 and lr x2 are trained, the recipe's lr is not
+    full.args.sweep_steps = full.args.steps
+    run = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "report.json").write_text("{}")
+    (run / "result.json").write_text(json.dumps({"overrides": ["model.dit.conditioning=last_layer"], "loss": 0.20,
+                                                 "report": str(run / "eval" / "report.json")}))
+    picked = full.sweep("last_layer")
+    assert [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.10] and picked["tried"][1]["from"] == "runs/seed0"
+    assert trained == [["model.dit.conditioning=last_layer", f"optim.lr={recipe / 2}"],
+                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 2}"]]
+    assert picked["lr"] == recipe * 2 and full.arm_overrides("last_layer")[0][-1] == f"optim.lr={recipe * 2}"
+    seed0 = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
+    assert (seed0 / "heldout.json").exists() and not (seed0 / "result.json").exists()  # the winner, to be evaluated
+    assert len(list(seed0.parent.glob("seed0.stale-*"))) == 1  # the recipe-lr run, set aside
 
     # a run finished in the workdir before a sweep picked another lr is set aside, not reused
     layer_study.archive = tmp_path / "archive2"
