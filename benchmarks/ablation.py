@@ -336,7 +336,8 @@ class Study:
 
         runs = {}
         for a in arms:
-            seeds = {int(p.parent.name[4:]) for p in (self.work / "runs" / a).glob("seed*/result.json")}
+            seeds = {int(p.parent.name[4:]) for p in (self.work / "runs" / a).glob("seed*/result.json")
+                     if p.parent.name[4:].isdigit()}  # not the seedK.stale-* runs a sweep set aside
             seeds |= {int(p.name[4:].split(".")[0]) for p in (self.archive / a).glob("seed*.json.gz")}
             done = [d for d in (self.finished(a, seed) for seed in sorted(seeds)) if d is not None]
             if done:
