@@ -22,7 +22,8 @@ are the same.
 Steps of the study:
 - `--sweep`: per arm, a run at each of --lrs (full length by default: the winner is the arm's
   seed-0 run, and a finished seed-0 run at one of the lrs is not trained again); the lr with the
-  lowest held-out loss is that arm's lr for the full runs (without a finished sweep an arm trains at the recipe's lr, and the
+  lowest held-out loss is that arm's lr for the full runs (a best lr at the grid's edge is
+  followed by one more factor of 2 past it, twice at most) (without a finished sweep an arm trains at the recipe's lr, and the
   table says so). The single-layer arm's layer is picked the same way (--layers). The pick is
   archived too (ARM/sweep.json.gz); a pick equal to the recipe's lr changes no override, so runs
   finished before the sweep stay valid.
@@ -220,26 +221,36 @@ class Study:
             return self.picked(arm)
         out = self.work / "sweeps" / arm
         full = self.args.sweep_steps == self.args.steps
-        layers = self.args.layers if ARMS[arm].sweep_layer else [None]
         tried = []
-        for layer in layers:
+
+        def run(lr: float, layer: int | None) -> None:
+            name = f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
+            done = out / name / "heldout.json"
+            overrides = self.overrides_for(arm, lr, layer)
+            known = self.finished_with(arm, 0, overrides) if full else None
+            if known is not None:
+                loss = {"loss": known[0]["loss"], "from": "runs/seed0"}
+                done.parent.mkdir(parents=True, exist_ok=True)  # remembered if that run is set aside later
+                done.write_text(json.dumps(loss) + "\n")
+            elif done.exists():
+                loss = json.loads(done.read_text())
+            else:
+                keep = 1000 if full and arm in self.args.curves else 1
+                train_s = self.train(out / name, overrides, self.args.sweep_steps, seed=0, keep=keep)
+                loss = {**self.heldout(out / name), "train_s": round(train_s, 1)}
+                done.write_text(json.dumps(loss) + "\n")
+            tried.append({"lr": lr, "layer": layer, "loss": loss["loss"], **({"from": loss["from"]} if "from" in loss else {})})
+            print(f"sweep {arm} {name}: held-out loss {tried[-1]['loss']:.4f}", flush=True)
+
+        for layer in self.args.layers if ARMS[arm].sweep_layer else [None]:
             for lr in self.args.lrs:
-                name = f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
-                run_dir = out / name
-                done = run_dir / "heldout.json"
-                overrides = self.overrides_for(arm, lr, layer)
-                known = self.finished_with(arm, 0, overrides) if full else None
-                if known is not None:
-                    loss = {"loss": known[0]["loss"], "from": "runs/seed0"}
-                elif done.exists():
-                    loss = json.loads(done.read_text())
-                else:
-                    keep = 1000 if full and arm in self.args.curves else 1
-                    train_s = self.train(run_dir, overrides, self.args.sweep_steps, seed=0, keep=keep)
-                    loss = {**self.heldout(run_dir), "train_s": round(train_s, 1)}
-                    done.write_text(json.dumps(loss) + "\n")
-                tried.append({"lr": lr, "layer": layer, "loss": loss["loss"], **({"from": loss["from"]} if "from" in loss else {})})
-                print(f"sweep {arm} {name}: held-out loss {tried[-1]['loss']:.4f}", flush=True)
+                run(lr, layer)
+        for _ in range(2):  # a best lr at the edge of the grid: one more factor of 2 past it (twice at most)
+            best = min(tried, key=lambda t: t["loss"])
+            lrs = [t["lr"] for t in tried if t["layer"] == best["layer"]]
+            if best["lr"] not in (min(lrs), max(lrs)) or len(lrs) < 2:
+                break
+            run(best["lr"] * 2 if best["lr"] == max(lrs) else best["lr"] / 2, best["layer"])
         best = min(tried, key=lambda t: t["loss"])
         picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
                   "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
@@ -254,8 +265,7 @@ class Study:
             if seed0.exists():
                 seed0.rename(seed0.with_name(f"seed0.stale-{int(time.time())}"))
             seed0.parent.mkdir(parents=True, exist_ok=True)
-            name = f"lr{best['lr']:g}" + (f"_layer{best['layer']}" if best["layer"] is not None else "")
-            (out / name).rename(seed0)
+            (out / (f"lr{best['lr']:g}" + (f"_layer{best['layer']}" if best["layer"] is not None else ""))).rename(seed0)
         return picked
 
     # -- the full runs ---------------------------------------------------------------------

@@ -215,9 +215,11 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     again, trained_again = study_for("w2", [])  # a new workdir: the archive's pick, nothing trained
     assert again.sweep("last_layer") == picked and trained_again == []
 
-    layer_study, trained = study_for("w3", [0.3, 0.3, 0.3, 0.3, 0.3, 0.1])  # lr x2 at layer 28 wins
+    # lr x2 at layer 28 wins, at the grid's edge: lr x4 is tried there too, and loses
+    layer_study, trained = study_for("w3", [0.3, 0.3, 0.3, 0.3, 0.3, 0.1, 0.2])
     picked = layer_study.sweep("single_layer")
-    assert len(trained) == 6 and picked["layer"] == 28 and picked["lr"] == recipe * 2
+    assert len(trained) == 7 and picked["layer"] == 28 and picked["lr"] == recipe * 2
+    assert trained[-1] == ["model.dit.conditioning=single_layer", f"optim.lr={recipe * 4}", "model.dit.text_layer=28"]
     assert layer_study.arm_overrides("single_layer")[0] == [
         "model.dit.conditioning=single_layer", f"optim.lr={recipe * 2}", "model.dit.text_layer=28"]
     other, _ = study_for("w4", [])
@@ -226,7 +228,7 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
 
     # at full length the sweep reuses the finished seed-0 run at the recipe's lr and promotes the
     # winning run to the arm's seed-0 run
-    full, trained = study_for("w5", [0.30, 0.10])  # lr /2 and lr x2 are trained, the recipe's lr is not
+    full, trained = study_for("w5", [0.30, 0.10, 0.15])  # lr /2, x2 and (the edge) x4 are trained, the recipe's lr is not
     full.args.sweep_steps = full.args.steps
     run = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
     (run / "eval").mkdir(parents=True)
@@ -234,9 +236,10 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     (run / "result.json").write_text(json.dumps({"overrides": ["model.dit.conditioning=last_layer"], "loss": 0.20,
                                                  "report": str(run / "eval" / "report.json")}))
     picked = full.sweep("last_layer")
-    assert [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.10] and picked["tried"][1]["from"] == "runs/seed0"
+    assert [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.10, 0.15] and picked["tried"][1]["from"] == "runs/seed0"
     assert trained == [["model.dit.conditioning=last_layer", f"optim.lr={recipe / 2}"],
-                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 2}"]]
+                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 2}"],
+                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 4}"]]
     assert picked["lr"] == recipe * 2 and full.arm_overrides("last_layer")[0][-1] == f"optim.lr={recipe * 2}"
     seed0 = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
     assert (seed0 / "heldout.json").exists() and not (seed0 / "result.json").exists()  # the winner, to be evaluated
