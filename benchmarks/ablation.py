@@ -100,6 +100,18 @@ def recipe_lr() -> float:
     return load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml").optim.lr
 
 
+def set_aside(run_dir: Path) -> Path:
+    """Move a run that is no longer its arm's to RUN.stale-TIME, its result pointing at its own report."""
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
+    run_dir.rename(stale)
+    result = stale / "result.json"
+    if result.exists():
+        out = json.loads(result.read_text())
+        out["report"] = str(stale / "eval" / "report.json")
+        result.write_text(json.dumps(out, indent=1) + "\n")
+    return stale
+
+
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}/seed{seed}"
 
@@ -128,8 +140,7 @@ class Study:
         overrides = self.arm_overrides(arm)[0]
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists() and json.loads(result.read_text())["overrides"] != overrides:
-            stale = result.parent.with_name(f"seed{seed}.stale-{int(time.time())}")
-            result.parent.rename(stale)
+            stale = set_aside(result.parent)
             print(f"{result.parent}: trained with other overrides, moved to {stale.name}", flush=True)
         return self.finished_with(arm, seed, overrides, say=True)
 
@@ -263,7 +274,7 @@ class Study:
         if full and "from" not in best:  # the winner is a trained seed-0 run of the arm: keep it as one
             seed0 = self.work / "runs" / arm / "seed0"
             if seed0.exists():
-                seed0.rename(seed0.with_name(f"seed0.stale-{int(time.time())}"))
+                set_aside(seed0)
             seed0.parent.mkdir(parents=True, exist_ok=True)
             (out / (f"lr{best['lr']:g}" + (f"_layer{best['layer']}" if best["layer"] is not None else ""))).rename(seed0)
         return picked

@@ -255,6 +255,8 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
                                                  "report": str(run / "eval" / "report.json")}))
     assert layer_study.finished("single_layer", 0) is None
     assert not run.exists() and len(list(run.parent.glob("seed0.stale-*"))) == 1
+    stale = next(run.parent.glob("seed0.stale-*"))
+    assert json.loads((stale / "result.json").read_text())["report"] == str(stale / "eval" / "report.json")
     layer_study.report(["single_layer"])  # the set-aside run is not a seed of the arm
 
 
