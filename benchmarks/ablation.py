@@ -59,6 +59,7 @@ class Arm:
     label: str
     overrides: list[str]
     sweep_layer: bool = False  # the single-layer control: its layer is picked by the sweep
+    lr_from: str | None = None  # not swept: trains at this arm's picked lr (same model, other data)
 
 
 ARMS: dict[str, Arm] = {
@@ -74,10 +75,11 @@ ARMS: dict[str, Arm] = {
     "refiner_2llm": Arm("LI-DiT collaborative refiner (SmolLM2 + Gemma-3-270M)",
                         ["model.dit.conditioning=refiner", "model.text_encoder_2.source=gemma3"]),
     # the multi-level-caption claim, on the demo's DiT, at budgets where nothing is truncated
-    # (data.level_tokens' defaults hold every reference caption; the trainer counts truncations)
-    "levels_all": Arm("deep fusion sparse, caption levels 1-6", [f"data.level_weights={SIX_LEVELS}"]),
-    "level6_only": Arm("deep fusion sparse, level 6 only", ["data.level_weights={'6': 1}"]),
-    "level1_only": Arm("deep fusion sparse, level 1 only", ["data.level_weights={'1': 1}"]),
+    # (data.level_tokens' defaults hold every reference caption; the trainer counts truncations),
+    # each at the lr the sweep picked for sparse (the same model on other captions)
+    "levels_all": Arm("deep fusion sparse, caption levels 1-6", [f"data.level_weights={SIX_LEVELS}"], lr_from="sparse"),
+    "level6_only": Arm("deep fusion sparse, level 6 only", ["data.level_weights={'6': 1}"], lr_from="sparse"),
+    "level1_only": Arm("deep fusion sparse, level 1 only", ["data.level_weights={'1': 1}"], lr_from="sparse"),
 }
 
 
@@ -189,6 +191,11 @@ class Study:
 
     def arm_overrides(self, arm: str) -> tuple[list[str], dict]:
         """The arm's overrides plus what its sweep picked (lr, layer); `picked` says which."""
+        if ARMS[arm].lr_from:
+            source = self.picked(ARMS[arm].lr_from)
+            if source:
+                return self.overrides_for(arm, source["lr"], None), {"lr": source["lr"], "from": ARMS[arm].lr_from}
+            return list(ARMS[arm].overrides), {}
         picked = self.picked(arm)
         if picked:
             return self.overrides_for(arm, picked["lr"], picked.get("layer")), picked
@@ -228,6 +235,9 @@ class Study:
         finished seed-0 run with the same overrides is used instead of training it again, and the
         winner becomes the arm's seed-0 run (only its eval is left), so the sweep costs no more
         than the short one and has no short-horizon bias towards a high lr."""
+        if ARMS[arm].lr_from:
+            print(f"sweep {arm}: not swept, it trains at {ARMS[arm].lr_from}'s lr", flush=True)
+            return self.arm_overrides(arm)[1]
         if self.picked(arm):
             return self.picked(arm)
         out = self.work / "sweeps" / arm
@@ -425,17 +435,25 @@ def _mean_sd(values: list[float]) -> list[float]:
     return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
 
 
+def lr_text(picked: dict) -> str:
+    """The lr a run trained at and where it came from (its arm's sweep, another arm's, the recipe)."""
+    lr = f"{picked.get('lr', recipe_lr()):g}"
+    where = f"{picked['from']}'s pick" if "from" in picked else "swept" if "tried" in picked else "recipe, not swept"
+    layer = f", layer {picked['layer']}" + (" (not swept)" if picked.get("unswept") else "") if "layer" in picked else ""
+    return f"{lr} ({where}{layer})"
+
+
 def format_table(study: dict) -> str:
     cats, ref = study["categories"], study["reference"]
-    lines = [f"| arm | seeds | " + " | ".join(cats) + " | mean [95% CI] | vs " + ref + " (diff [CI], p) | clean scenes "
-             "| held-out loss | DiT params | train GFLOPs/sample |", "|---" * (len(cats) + 8) + "|"]
+    lines = [f"| arm | seeds | lr | " + " | ".join(cats) + " | mean [95% CI] | vs " + ref + " (diff [CI], p) | clean scenes "
+             "| held-out loss | DiT params | train GFLOPs/sample |", "|---" * (len(cats) + 9) + "|"]
     for a, row in study["arms"].items():
         m = row["mean"]
         vs = row.get("vs_reference", {}).get("bootstrap")
         vs_text = f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}], p={vs['p']:.3f}" if vs else "(reference)"
         loss = row["held_out_loss"]
         clean = "-" if row.get("clean_scenes") is None else f"{row['clean_scenes']:.0%}"
-        lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
+        lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | {lr_text(row['picked'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
                      + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {clean}"
                      f" | {loss[0]:.4f} ± {loss[1]:.4f}"
                      f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
@@ -518,7 +536,8 @@ def main() -> None:
 
     if args.list:
         for name, arm in ARMS.items():
-            print(f"{name:14s} {arm.label}\n{'':14s} {' '.join(arm.overrides) or '(the demo recipe as it is)'}")
+            lr = f" (lr: {arm.lr_from}'s pick)" if arm.lr_from else ""
+            print(f"{name:14s} {arm.label}\n{'':14s} {' '.join(arm.overrides) or '(the demo recipe as it is)'}{lr}")
         return
     study = Study(args)
     if not args.report:

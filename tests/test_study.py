@@ -129,7 +129,7 @@ def test_the_study_report_from_finished_runs(tmp_path):
     vs = study["arms"]["one_to_one"]["vs_reference"]
     assert vs["bootstrap"]["diff"] > 0.3 and vs["bootstrap"]["p"] < 0.01
     assert set(vs["mcnemar"]) == set(CATS) and all(v["p"] < 0.05 for v in vs["mcnemar"].values())
-    assert "| one_to_one:" in out.stdout and "p=" in out.stdout
+    assert "| one_to_one:" in out.stdout and "p=" in out.stdout and "| 0.002 (recipe, not swept) |" in out.stdout
     probes = study["arms"]["one_to_one"]["probes"]  # pooled over both seeds' reports
     assert set(probes) == {"colour"} and abs(probes["colour"] - 0.8) < 0.1
     assert "long prompts and slots" in out.stdout
@@ -222,6 +222,11 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     assert trained[-1] == ["model.dit.conditioning=single_layer", f"optim.lr={recipe * 4}", "model.dit.text_layer=28"]
     assert layer_study.arm_overrides("single_layer")[0] == [
         "model.dit.conditioning=single_layer", f"optim.lr={recipe * 2}", "model.dit.text_layer=28"]
+    # the caption-level arms are not swept: they train at sparse's picked lr
+    assert again.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}"]  # sparse not swept there
+    sparse, _ = study_for("w1b", [0.3, 0.3, 0.1, 0.2])  # sparse's best: lr x2 (x4 tried past the edge)
+    assert sparse.sweep("sparse")["lr"] == recipe * 2 and sparse.sweep("level1_only") == {"lr": recipe * 2, "from": "sparse"}
+    assert sparse.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}", f"optim.lr={recipe * 2}"]
     other, _ = study_for("w4", [])
     other.args.sweep_steps = 200  # another sweep: its pick is not this one's
     assert other.picked("single_layer") == {}
