@@ -257,22 +257,33 @@ class Study:
                 loss = json.loads(done.read_text())
             else:
                 keep = 1000 if full and arm in self.args.curves else 1
-                train_s = self.train(out / name, overrides, self.args.sweep_steps, seed=0, keep=keep)
-                loss = {**self.heldout(out / name), "train_s": round(train_s, 1)}
+                try:
+                    train_s = self.train(out / name, overrides, self.args.sweep_steps, seed=0, keep=keep)
+                    loss = {**self.heldout(out / name), "train_s": round(train_s, 1)}
+                except subprocess.CalledProcessError:  # e.g. the spike guard stopped a diverging run
+                    loss = {"loss": None, "diverged": True}
                 done.write_text(json.dumps(loss) + "\n")
-            tried.append({"lr": lr, "layer": layer, "loss": loss["loss"], **({"from": loss["from"]} if "from" in loss else {})})
-            print(f"sweep {arm} {name}: held-out loss {tried[-1]['loss']:.4f}", flush=True)
+            tried.append({"lr": lr, "layer": layer, "loss": loss["loss"],
+                          **{k: loss[k] for k in ("from", "diverged") if k in loss}})
+            print(f"sweep {arm} {name}: " + ("diverged (the trainer stopped it)" if loss["loss"] is None
+                                             else f"held-out loss {loss['loss']:.4f}"), flush=True)
 
         for layer in self.args.layers if ARMS[arm].sweep_layer else [None]:
             for lr in self.args.lrs:
                 run(lr, layer)
+        def lowest() -> dict:
+            finite = [t for t in tried if t["loss"] is not None]
+            if not finite:
+                raise RuntimeError(f"sweep {arm}: every run diverged ({[t['lr'] for t in tried]})")
+            return min(finite, key=lambda t: t["loss"])
+
         for _ in range(2):  # a best lr at the edge of the grid: one more factor of 2 past it (twice at most)
-            best = min(tried, key=lambda t: t["loss"])
+            best = lowest()
             lrs = [t["lr"] for t in tried if t["layer"] == best["layer"]]
             if best["lr"] not in (min(lrs), max(lrs)) or len(lrs) < 2:
                 break
             run(best["lr"] * 2 if best["lr"] == max(lrs) else best["lr"] / 2, best["layer"])
-        best = min(tried, key=lambda t: t["loss"])
+        best = lowest()
         picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
                   "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
         out.mkdir(parents=True, exist_ok=True)

@@ -192,7 +192,7 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     ablation = load_ablation()
     recipe = ablation.recipe_lr()
 
-    def study_for(work, losses):
+    def study_for(work, losses, diverging=()):
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
                                per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28], curves=[],
                                lrs=[recipe / 2, recipe, recipe * 2], sweep_steps=400)
@@ -202,6 +202,8 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
         def train(run_dir, overrides, steps, seed, keep=1):
             run_dir.mkdir(parents=True)
             trained.append(overrides)
+            if any(o.startswith("optim.lr=") and float(o[9:]) in diverging for o in overrides):
+                raise subprocess.CalledProcessError(1, ["train"])  # as when the spike guard stops a run
             return 0.0
 
         study.train = train
@@ -228,6 +230,11 @@ def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_pat
     sparse, _ = study_for("w1b", [0.3, 0.3, 0.1, 0.2])  # sparse's best: lr x2 (x4 tried past the edge)
     assert sparse.sweep("sparse")["lr"] == recipe * 2 and sparse.sweep("level1_only") == {"lr": recipe * 2, "from": "sparse"}
     assert sparse.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}", f"optim.lr={recipe * 2}"]
+    # a diverging run is a sweep result (no loss), not the end of the study
+    edge, trained = study_for("w6", [0.3, 0.2, 0.1], diverging={recipe * 4})
+    picked = edge.sweep("refiner")
+    assert picked["lr"] == recipe * 2 and picked["tried"][-1] == {"lr": recipe * 4, "layer": None, "loss": None,
+                                                                   "diverged": True}
     other, _ = study_for("w4", [])
     other.args.sweep_steps = 200  # another sweep: its pick is not this one's
     assert other.picked("single_layer") == {}
