@@ -16,17 +16,20 @@ interrupted run resumes from its last checkpoint, so the study can be completed 
 sittings; `--arms`/`--seeds` select a part. Every finished run is also archived (its result and
 eval report, gzipped JSON, --archive: benchmarks/ablation_runs/ARM/seedK.json.gz, committed with
 the numbers RESULTS.md quotes): a later sitting, on another machine or after the workdir is gone,
-reuses it instead of training it again, as long as the study's settings and the arm's overrides
-are the same.
+reuses it instead of training it again, as long as the study's settings, the arm's overrides and
+the demo recipe (a fingerprint of its resolved config) are the same.
 
 Steps of the study:
-- `--sweep`: per arm, a run at each of --lrs (full length by default: the winner is the arm's
-  seed-0 run, and a finished seed-0 run at one of the lrs is not trained again); the lr with the
-  lowest held-out loss is that arm's lr for the full runs (a best lr at the grid's edge is
-  followed by one more factor of 2 past it, twice at most) (without a finished sweep an arm trains at the recipe's lr, and the
-  table says so). The single-layer arm's layer is picked the same way (--layers). The pick is
-  archived too (ARM/sweep.json.gz); a pick equal to the recipe's lr changes no override, so runs
-  finished before the sweep stay valid.
+- `--sweep`: per arm, a run at each of --lrs, and the lr with the lowest held-out loss is that
+  arm's lr for the full runs. Full length by default: the winner is the arm's seed-0 run, and a
+  finished seed-0 run at one of the lrs is not trained again. A best lr at the grid's edge is
+  followed by one more factor of 2 past it (twice at most); a run the trainer stops is recorded
+  as diverged. The single-layer arm's layer is picked the same way (--layers); the caption-level
+  arms take sparse's lr. The pick is archived too (ARM/sweep.json.gz). Without a finished sweep
+  an arm trains at the recipe's lr, and the table's lr column says so; a pick equal to the
+  recipe's lr changes no override, so runs finished before the sweep stay valid. The pick is
+  made on one training seed (seed 0): at the edge of stability that is not enough (RESULTS.md,
+  third sitting).
 - the full runs, `--seeds` each.
 - the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
   interval over prompts and training runs, the clean-scene rate (image quality, beside the
