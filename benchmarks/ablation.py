@@ -43,12 +43,14 @@ Steps of the study:
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,23 +88,28 @@ ARMS: dict[str, Arm] = {
 }
 
 
-def recipe_fingerprint() -> str:
-    """sha256 (16 hex digits) of the resolved demo training config, paths left out."""
-    import hashlib
-    from dataclasses import asdict
-
+@functools.lru_cache(maxsize=1)
+def demo_recipe():
+    """The resolved demo training config (jobs/configs/train/demo.yaml) every arm starts from."""
     from trainer.config import load_config
 
-    cfg = asdict(load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml"))
+    return load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml")
+
+
+def recipe_fingerprint() -> str:
+    """sha256 (16 hex digits) of the resolved demo training config, paths left out."""
+    cfg = asdict(demo_recipe())
     cfg.pop("run_dir", None)
     cfg.get("data", {}).pop("root", None)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def recipe_lr() -> float:
-    from trainer.config import load_config
+    return demo_recipe().optim.lr
 
-    return load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml").optim.lr
+
+def sweep_run_name(lr: float, layer: int | None) -> str:
+    return f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -115,10 +122,6 @@ def set_aside(run_dir: Path) -> Path:
         out["report"] = str(stale / "eval" / "report.json")
         result.write_text(json.dumps(out, indent=1) + "\n")
     return stale
-
-
-def run_name(arm: str, seed: int) -> str:
-    return f"{arm}/seed{seed}"
 
 
 class Study:
@@ -248,7 +251,7 @@ class Study:
         tried = []
 
         def run(lr: float, layer: int | None) -> None:
-            name = f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
+            name = sweep_run_name(lr, layer)
             done = out / name / "heldout.json"
             overrides = self.overrides_for(arm, lr, layer)
             known = self.finished_with(arm, 0, overrides) if full else None
@@ -274,6 +277,7 @@ class Study:
         for layer in self.args.layers if ARMS[arm].sweep_layer else [None]:
             for lr in self.args.lrs:
                 run(lr, layer)
+
         def lowest() -> dict:
             finite = [t for t in tried if t["loss"] is not None]
             if not finite:
@@ -300,7 +304,7 @@ class Study:
             if seed0.exists():
                 set_aside(seed0)
             seed0.parent.mkdir(parents=True, exist_ok=True)
-            (out / (f"lr{best['lr']:g}" + (f"_layer{best['layer']}" if best["layer"] is not None else ""))).rename(seed0)
+            (out / sweep_run_name(best["lr"], best["layer"])).rename(seed0)
         return picked
 
     # -- the full runs ---------------------------------------------------------------------
