@@ -16,8 +16,11 @@ interrupted run resumes from its last checkpoint, so the study can be completed 
 sittings; `--arms`/`--seeds` select a part. Every finished run is also archived (its result and
 eval report, gzipped JSON, --archive: benchmarks/ablation_runs/ARM/seedK.json.gz, committed with
 the numbers RESULTS.md quotes): a later sitting, on another machine or after the workdir is gone,
-reuses it instead of training it again, as long as the study's settings, the arm's overrides and
-the demo recipe (a fingerprint of its resolved config) are the same.
+reuses it instead of training it again, as long as the study's settings and the run's training
+config are the same. A run is known by a fingerprint of the config it trains with (the demo recipe,
+the preset it resolves and the arm's overrides; not paths, caches or the seed): a change to
+demo.yaml retires only the runs whose config it changes, and a run trained at an lr override stays
+valid when the recipe adopts that lr.
 
 Steps of the study:
 - `--sweep`: per arm, a run at each of --lrs, and the lr with the lowest held-out loss is that
@@ -25,11 +28,11 @@ Steps of the study:
   finished seed-0 run at one of the lrs is not trained again. A best lr at the grid's edge is
   followed by one more factor of 2 past it (twice at most); a run the trainer stops is recorded
   as diverged. The single-layer arm's layer is picked the same way (--layers); the caption-level
-  arms take sparse's lr. The pick is archived too (ARM/sweep.json.gz). Without a finished sweep
-  an arm trains at the recipe's lr, and the table's lr column says so; a pick equal to the
-  recipe's lr changes no override, so runs finished before the sweep stay valid. The pick is
-  made on one training seed (seed 0): at the edge of stability that is not enough (RESULTS.md,
-  third sitting).
+  arms take sparse's lr. The pick is then confirmed on a second training seed (--confirm-seed,
+  the arm's seed-1 run): its held-out loss there must beat the next lower lr's on seed 0, else
+  the pick falls back to the lower lrs (a pick on one seed can sit at the edge of stability:
+  RESULTS.md, the study's third sitting). The pick is archived too (ARM/sweep.json.gz). Without a
+  finished sweep an arm trains at the recipe's lr, and the table's lr column says so.
 - the full runs, `--seeds` each.
 - the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
   interval over prompts and training runs, the clean-scene rate (image quality, beside the
@@ -56,6 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SWEPT = ("optim.lr", "model.dit.text_layer")  # what a sweep varies: left out of its config fingerprint
 SIX_LEVELS = "{'1': 1, '2': 1, '3': 1, '4': 1, '5': 1, '6': 1}"
 
 
@@ -88,20 +92,57 @@ ARMS: dict[str, Arm] = {
 }
 
 
+DEMO_CONFIG = ROOT / "jobs" / "configs" / "train" / "demo.yaml"
+
+
 @functools.lru_cache(maxsize=1)
 def demo_recipe():
     """The resolved demo training config (jobs/configs/train/demo.yaml) every arm starts from."""
     from trainer.config import load_config
 
-    return load_config(ROOT / "jobs" / "configs" / "train" / "demo.yaml")
+    return load_config(DEMO_CONFIG)
 
 
-def recipe_fingerprint() -> str:
-    """sha256 (16 hex digits) of the resolved demo training config, paths left out."""
-    cfg = asdict(demo_recipe())
-    cfg.pop("run_dir", None)
-    cfg.get("data", {}).pop("root", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def config_fingerprint(cfg, without: tuple[str, ...] = ()) -> str:
+    """sha256 (16 hex digits) of what a run's numbers depend on: the trainer's config identity
+    (trainer/config.py: everything but paths, logging, caches and checkpoint cadence) less the seed,
+    plus its steps and the model as its preset resolves it (so a changed preset default counts).
+    `without`: dotted keys left out (the sweep's own lr and layer)."""
+    from trainer.train import model_configs
+
+    d = cfg.identity()
+    d.pop("seed", None)
+    d["steps"] = cfg.steps
+    dit, text, codec, edm = model_configs(cfg)
+    d["resolved_model"] = {"dit": dit.to_dict(), "text_encoder": asdict(text), "codec": asdict(codec), "edm": asdict(edm)}
+    for path in without:
+        section, *rest = path.split(".")
+        trees = [d] + ([d["resolved_model"]] if section == "model" else [])
+        for tree in trees:
+            keys = rest if tree is not d else [section, *rest]
+            node = tree
+            for k in keys[:-1]:
+                node = node.get(k, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(keys[-1], None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=512)
+def planned_fingerprint(overrides: tuple[str, ...], steps: int, without: tuple[str, ...] = ()) -> str:
+    """The fingerprint of the demo recipe with these overrides, trained for `steps`."""
+    from trainer.config import load_config
+
+    return config_fingerprint(load_config(DEMO_CONFIG, [*overrides, f"steps={steps}"]), without)
+
+
+def run_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of what a run was trained with, from the config.json its trainer wrote
+    (None before it started)."""
+    from trainer.config import load_config
+
+    path = run_dir / "config.json"
+    return config_fingerprint(load_config(path)) if path.exists() else None
 
 
 def recipe_lr() -> float:
@@ -112,16 +153,21 @@ def sweep_run_name(lr: float, layer: int | None) -> str:
     return f"lr{lr:g}" + (f"_layer{layer}" if layer is not None else "")
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Move a run that is no longer its arm's to RUN.stale-TIME, its result pointing at its own report."""
-    stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
-    run_dir.rename(stale)
-    result = stale / "result.json"
+def move_run(src: Path, dst: Path) -> Path:
+    """Rename a run folder, its result pointing at its own report."""
+    src.rename(dst)
+    result = dst / "result.json"
     if result.exists():
         out = json.loads(result.read_text())
-        out["report"] = str(stale / "eval" / "report.json")
+        out["report"] = str(dst / "eval" / "report.json")
         result.write_text(json.dumps(out, indent=1) + "\n")
-    return stale
+    return dst
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run that is no longer its arm's to RUN.stale-TIME (it comes back if its config is wanted again)."""
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{time.time_ns()}")
+    return move_run(run_dir, stale)
 
 
 class Study:
@@ -134,38 +180,59 @@ class Study:
 
     # -- finished runs, in the workdir or the archive --------------------------------------
     def settings(self) -> dict:
-        """What a run's numbers depend on besides its arm and seed: the study's own settings and a
-        fingerprint of the recipe every arm starts from (so a change to the demo's config, or to a
-        preset or default it inherits, retires the archived runs instead of mixing recipes)."""
+        """What a run's numbers depend on besides its arm, seed and training config: the study's
+        own settings (data, eval)."""
         a = self.args
         return {"n": a.n, "steps": a.steps, "per_category": a.per_category, "eval_seeds": list(a.eval_seeds),
-                "heldout": a.heldout, "recipe": recipe_fingerprint()}
+                "heldout": a.heldout}
+
+    def config_for(self, overrides: list[str]) -> str:
+        """The training config a run with these overrides gets, as a fingerprint. A run is reused
+        when its config is the same, however it was reached: a change to demo.yaml (or a preset it
+        inherits) retires only the runs it changes, and a run trained at an lr override stays valid
+        when the recipe adopts that lr."""
+        return planned_fingerprint(tuple(overrides), self.args.steps)
+
+    def claim_run_dir(self, run_dir: Path, overrides: list[str]) -> None:
+        """Make `run_dir` (WORKDIR/runs/ARM/seedK) the run of this config where the workdir has one:
+        a run trained (or begun) with another config is moved aside, so it is neither reused nor
+        resumed, and a run of this config set aside earlier (a sweep's pick changed and changed
+        back) is moved back."""
+        want = self.config_for(overrides)
+        if run_dir.exists() and run_fingerprint(run_dir) not in (None, want):
+            stale = set_aside(run_dir)
+            print(f"{run_dir}: trained with another config, moved to {stale.name}", flush=True)
+        if not run_dir.exists():
+            for stale in sorted(run_dir.parent.glob(f"{run_dir.name}.stale-*"), reverse=True):
+                if run_fingerprint(stale) == want:
+                    move_run(stale, run_dir)
+                    print(f"{stale}: a run of this config, moved back to {run_dir.name}", flush=True)
+                    break
 
     def finished(self, arm: str, seed: int) -> tuple[dict, dict] | None:
         """(result, eval report) of a finished run: from the workdir, else from the archive when
-        it was made with these settings and the arm's current overrides. A workdir run trained with
-        other overrides (a sweep picked another lr since) is moved aside."""
+        it was made with these settings and the arm's current config. A workdir run trained with
+        another config (a sweep picked another lr since) is moved aside."""
         overrides = self.arm_overrides(arm)[0]
-        result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
-        if result.exists() and json.loads(result.read_text())["overrides"] != overrides:
-            stale = set_aside(result.parent)
-            print(f"{result.parent}: trained with other overrides, moved to {stale.name}", flush=True)
+        self.claim_run_dir(self.work / "runs" / arm / f"seed{seed}", overrides)
         return self.finished_with(arm, seed, overrides, say=True)
 
     def finished_with(self, arm: str, seed: int, overrides: list[str], say: bool = False) -> tuple[dict, dict] | None:
-        """A finished run of (arm, seed) trained with exactly `overrides`, in the workdir or the archive."""
+        """A finished run of (arm, seed) trained with the config these overrides give, in the workdir
+        or the archive."""
+        want = self.config_for(overrides)
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            if out["overrides"] == overrides:
+            if out.get("config") == want:
                 return out, json.loads(Path(out["report"]).read_text())
         archived = self.archive / arm / f"seed{seed}.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
-            if saved["settings"] == self.settings() and saved["result"]["overrides"] == overrides:
+            if saved["settings"] == self.settings() and saved["result"].get("config") == want:
                 return saved["result"], saved["report"]
             if say:
-                print(f"{archived}: made with other settings or overrides, not reused", flush=True)
+                print(f"{archived}: made with other settings or another training config, not reused", flush=True)
         return None
 
     def archive_run(self, out: dict, report: dict) -> None:
@@ -210,22 +277,26 @@ class Study:
         return list(ARMS[arm].overrides), {}
 
     def overrides_for(self, arm: str, lr: float, layer: int | None) -> list[str]:
-        """The arm at this lr (and layer). The recipe's own lr adds no override: that run is the
-        one the recipe trains, so runs finished before a sweep picked it stay valid."""
+        """The arm at this lr (and layer); the recipe's own lr needs no override."""
         return (list(ARMS[arm].overrides) + ([f"optim.lr={lr}"] if lr != recipe_lr() else [])
                 + ([f"model.dit.text_layer={layer}"] if layer is not None else []))
 
     def sweep_settings(self, arm: str) -> dict:
+        """What a sweep's results depend on: the study's settings, the grid, and the arm's training
+        config less the lr and layer it sweeps (so the recipe adopting another lr keeps the sweep)."""
         a = self.args
         return {**self.settings(), "sweep_steps": a.sweep_steps, "lrs": list(a.lrs),
-                "layers": list(a.layers) if ARMS[arm].sweep_layer else None, "overrides": ARMS[arm].overrides}
+                "layers": list(a.layers) if ARMS[arm].sweep_layer else None, "confirm_seed": a.confirm_seed,
+                "config": planned_fingerprint(tuple(ARMS[arm].overrides), a.sweep_steps, SWEPT)}
 
-    def picked(self, arm: str) -> dict:
-        """What the arm's finished sweep picked: from the workdir, else from the archive when it was
+    def sweep_record(self, arm: str) -> dict:
+        """The arm's sweep so far (its pick once complete): the workdir's, else the archive's when
         made with these settings; {} when there is none."""
         local = self.work / "sweeps" / arm / "picked.json"
         if local.exists():
-            return json.loads(local.read_text())
+            saved = json.loads(local.read_text())
+            if saved.get("settings") == self.sweep_settings(arm):
+                return saved["picked"]
         archived = self.archive / arm / "sweep.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
@@ -234,13 +305,21 @@ class Study:
             print(f"{archived}: made with other settings, not reused", flush=True)
         return {}
 
+    def picked(self, arm: str) -> dict:
+        """What the arm's complete sweep picked (confirmed on a second seed); {} when none."""
+        record = self.sweep_record(arm)
+        return record if "confirm" in record else {}
+
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arm: str) -> dict:
-        """Train the arm at each lr (and layer) and pick the lowest held-out loss. At the full
-        length (--sweep-steps = --steps, the default) each sweep run is a complete seed-0 run: a
-        finished seed-0 run with the same overrides is used instead of training it again, and the
-        winner becomes the arm's seed-0 run (only its eval is left), so the sweep costs no more
-        than the short one and has no short-horizon bias towards a high lr."""
+        """Train the arm at each lr (and layer), take the lowest held-out loss, and confirm it on a
+        second training seed (--confirm-seed): the pick's loss there must still beat the next lower
+        lr's (on seed 0), else the pick falls back to the lower lrs, one at a time. At the
+        full length (--sweep-steps = --steps, the default) each sweep run is a complete seed-0 run
+        and each confirmation a complete run of the confirm seed: finished runs with the same config
+        are used instead of training them again, the seed-0 winner becomes the arm's seed-0 run and
+        a kept confirmation stays its seed-1 run (only their evals are left), so the sweep costs
+        little beyond the runs the study needs anyway and has no short-horizon bias towards a high lr."""
         if ARMS[arm].lr_from:
             print(f"sweep {arm}: not swept, it trains at {ARMS[arm].lr_from}'s lr", flush=True)
             return self.arm_overrides(arm)[1]
@@ -248,6 +327,7 @@ class Study:
             return self.picked(arm)
         out = self.work / "sweeps" / arm
         full = self.args.sweep_steps == self.args.steps
+        before = {(t["lr"], t["layer"]): t for t in self.sweep_record(arm).get("tried", [])}  # an unfinished sweep's
         tried = []
 
         def run(lr: float, layer: int | None) -> None:
@@ -261,6 +341,8 @@ class Study:
                 done.write_text(json.dumps(loss) + "\n")
             elif done.exists():
                 loss = json.loads(done.read_text())
+            elif (lr, layer) in before:
+                loss = before[(lr, layer)]
             else:
                 keep = 1000 if full and arm in self.args.curves else 1
                 try:
@@ -278,34 +360,86 @@ class Study:
             for lr in self.args.lrs:
                 run(lr, layer)
 
-        def lowest() -> dict:
-            finite = [t for t in tried if t["loss"] is not None]
+        def lowest(among: list[dict]) -> dict:
+            finite = [t for t in among if t["loss"] is not None]
             if not finite:
                 raise RuntimeError(f"sweep {arm}: every run diverged ({[t['lr'] for t in tried]})")
             return min(finite, key=lambda t: t["loss"])
 
         for _ in range(2):  # a best lr at the edge of the grid: one more factor of 2 past it (twice at most)
-            best = lowest()
+            best = lowest(tried)
             lrs = [t["lr"] for t in tried if t["layer"] == best["layer"]]
             if best["lr"] not in (min(lrs), max(lrs)) or len(lrs) < 2:
                 break
             run(best["lr"] * 2 if best["lr"] == max(lrs) else best["lr"] / 2, best["layer"])
-        best = lowest()
+        best, confirm = self.confirm(arm, tried, lowest)
         picked = {"lr": best["lr"], **({"layer": best["layer"]} if best["layer"] is not None else {}),
-                  "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried}
+                  "held_out_loss": best["loss"], "steps": self.args.sweep_steps, "tried": tried, "confirm": confirm}
+        saved = {"settings": self.sweep_settings(arm), "picked": picked}
         out.mkdir(parents=True, exist_ok=True)
-        (out / "picked.json").write_text(json.dumps(picked, indent=1) + "\n")
+        (out / "picked.json").write_text(json.dumps(saved, indent=1) + "\n")
         archived = self.archive / arm / "sweep.json.gz"
         archived.parent.mkdir(parents=True, exist_ok=True)
-        saved = {"settings": self.sweep_settings(arm), "picked": picked}
         archived.write_bytes(gzip.compress(json.dumps(saved, separators=(",", ":")).encode(), mtime=0))
-        if full and "from" not in best:  # the winner is a trained seed-0 run of the arm: keep it as one
+        winner = out / sweep_run_name(best["lr"], best["layer"])
+        if full and "from" not in best and run_fingerprint(winner):  # the winner is a trained seed-0 run of the arm: keep it as one
             seed0 = self.work / "runs" / arm / "seed0"
             if seed0.exists():
                 set_aside(seed0)
             seed0.parent.mkdir(parents=True, exist_ok=True)
-            (out / sweep_run_name(best["lr"], best["layer"])).rename(seed0)
+            winner.rename(seed0)
         return picked
+
+    def confirm(self, arm: str, tried: list[dict], lowest) -> tuple[dict, list[dict]]:
+        """The sweep's pick, checked on the confirm seed. A pick whose loss there is above the
+        seed-0 loss of the next lower lr (it diverged, or trained into a worse basin: an lr at the
+        edge of stability) gives way to the best of the lower lrs, which is checked the same way. A
+        pick with no lower lr tried needs no check."""
+        seed, checks = self.args.confirm_seed, []
+        candidates = list(tried)
+        while True:
+            best = lowest(candidates)
+            lower = [t for t in candidates if t["layer"] == best["layer"] and t["lr"] < best["lr"] and t["loss"] is not None]
+            if seed is None or not lower:
+                return best, checks
+            bar = max(lower, key=lambda t: t["lr"])
+            loss = self.confirm_loss(arm, best, seed)
+            kept = loss is not None and loss <= bar["loss"]
+            checks.append({"lr": best["lr"], "layer": best["layer"], "seed": seed, "loss": loss,
+                           "bar": {"lr": bar["lr"], "loss": bar["loss"]}, "kept": kept})
+            print(f"sweep {arm}: lr {best['lr']:g} on seed {seed}: " + ("diverged" if loss is None else f"held-out loss {loss:.4f}")
+                  + f" against {bar['loss']:.4f} at lr {bar['lr']:g} on seed 0: " + ("kept" if kept else "dropped"), flush=True)
+            if kept:
+                return best, checks
+            rejected = self.work / "runs" / arm / f"seed{seed}"
+            if run_fingerprint(rejected) == self.config_for(self.overrides_for(arm, best["lr"], best["layer"])):
+                set_aside(rejected)  # not the arm's run of that seed any more
+            candidates = lower
+
+    def confirm_loss(self, arm: str, t: dict, seed: int) -> float | None:
+        """Held-out loss of the arm at this lr (and layer) trained with `seed`: a finished run, else
+        trained (at full length as the arm's run of that seed, so a kept pick needs only its eval;
+        a short sweep's in its sweep folder); None if it diverged."""
+        overrides = self.overrides_for(arm, t["lr"], t["layer"])
+        full = self.args.sweep_steps == self.args.steps
+        known = self.finished_with(arm, seed, overrides) if full else None
+        if known is not None:
+            return known[0]["loss"]
+        if full:
+            run_dir = self.work / "runs" / arm / f"seed{seed}"
+            self.claim_run_dir(run_dir, overrides)
+        else:
+            run_dir = self.work / "sweeps" / arm / f"{sweep_run_name(t['lr'], t['layer'])}_seed{seed}"
+        done = run_dir / "heldout.json"
+        if not done.exists():
+            keep = 1000 if full and arm in self.args.curves else 1
+            try:
+                train_s = self.train(run_dir, overrides, self.args.sweep_steps, seed, keep=keep)
+                loss = {**self.heldout(run_dir), "train_s": round(train_s, 1)}
+            except subprocess.CalledProcessError:
+                loss = {"loss": None, "diverged": True}
+            done.write_text(json.dumps(loss) + "\n")
+        return json.loads(done.read_text())["loss"]
 
     # -- the full runs ---------------------------------------------------------------------
     def full_run(self, arm: str, seed: int) -> dict:
@@ -321,6 +455,9 @@ class Study:
         overrides, picked = self.arm_overrides(arm)
         curves = arm in self.args.curves
         train_s = self.train(run_dir, overrides, self.args.steps, seed, keep=1000 if curves else 1)
+        config = run_fingerprint(run_dir)
+        if config != self.config_for(overrides):  # e.g. a preset changed between planning and training
+            raise RuntimeError(f"{run_dir} was trained with config {config}, not the planned {self.config_for(overrides)}")
         swept = run_dir / "heldout.json"  # trained by the sweep (the train above only resumed it)
         if swept.exists():
             train_s += json.loads(swept.read_text()).get("train_s", 0.0)
@@ -330,7 +467,8 @@ class Study:
         curve = self.curve(run_dir) if curves else []
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses = [m["loss"] for m in metrics if "loss" in m]
-        out = {"arm": arm, "seed": seed, "settings": self.settings(), "overrides": overrides, "picked": picked, "train_s": round(train_s, 1),
+        out = {"arm": arm, "seed": seed, "settings": self.settings(), "config": config, "overrides": overrides,
+               "picked": picked, "train_s": round(train_s, 1),
                "eval_s": round(eval_s, 1), "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
                "skipped_steps": metrics[-1].get("skipped_steps", 0) if metrics else 0, **self.heldout(run_dir),
                **self.cost(run_dir), "report": str(run_dir / "eval" / "report.json"), "curve": curve}
@@ -457,6 +595,9 @@ def lr_text(picked: dict) -> str:
     """The lr a run trained at and where it came from (its arm's sweep, another arm's, the recipe)."""
     lr = f"{picked.get('lr', recipe_lr()):g}"
     where = f"{picked['from']}'s pick" if "from" in picked else "swept" if "tried" in picked else "recipe, not swept"
+    dropped = [f"{c['lr']:g}" for c in picked.get("confirm", []) if not c["kept"]]
+    if dropped:
+        where += f"; {', '.join(dropped)} failed on seed {picked['confirm'][0]['seed']}"
     layer = f", layer {picked['layer']}" + (" (not swept)" if picked.get("unswept") else "") if "layer" in picked else ""
     return f"{lr} ({where}{layer})"
 
@@ -540,6 +681,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="run the lr (and layer) sweep of the selected arms first")
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 4e-3])
     ap.add_argument("--layers", nargs="+", type=int, default=[8, 15, 22, 28], help="single-layer candidates (hidden-state indices; 28 = LI-DiT's -3 of 30)")
+    ap.add_argument("--confirm-seed", type=int, default=1,
+                    help="the training seed a sweep's pick is confirmed on (its loss there must beat the next lower "
+                         "lr's on seed 0); -1: no confirmation")
     ap.add_argument("--sweep-steps", type=int, default=None,
                     help="steps per sweep run (default: --steps, so the winner is the arm's seed-0 run)")
     ap.add_argument("--curves", nargs="*", default=["one_to_one", "sparse"], help="arms with learning curves")
@@ -551,6 +695,7 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="print the arms and their overrides")
     args = ap.parse_args()
     args.sweep_steps = args.sweep_steps or args.steps
+    args.confirm_seed = None if args.confirm_seed < 0 else args.confirm_seed
 
     if args.list:
         for name, arm in ARMS.items():

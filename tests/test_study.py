@@ -118,7 +118,8 @@ def test_the_study_report_from_finished_runs(tmp_path):
             (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
             curve = [{"step": s, "images": 16 * s, "mean": p * s / 300} for s in (100, 200, 300)]
             (run / "result.json").write_text(json.dumps({
-                "arm": arm, "seed": seed, "overrides": arms[arm].overrides, "picked": {}, "train_s": 1.0, "loss": 0.2 + seed / 100,
+                "arm": arm, "seed": seed, "config": ablation.planned_fingerprint(tuple(arms[arm].overrides), 1400),
+                "overrides": arms[arm].overrides, "picked": {}, "train_s": 1.0, "loss": 0.2 + seed / 100,
                 "dit_params": 1000, "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"),
                 "curve": curve}))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--workdir", str(tmp_path),
@@ -140,8 +141,32 @@ def test_the_study_report_from_finished_runs(tmp_path):
         assert img.size == (720, 420) and len(img.convert("RGB").getcolors(1 << 16)) > 3  # lines, not a blank page
 
 
-def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_path):
-    """A later sitting without the workdir reads the archived runs; other settings do not reuse them."""
+def write_run_config(run_dir, ablation, overrides, seed=0, steps=1400):
+    """The config.json a trainer writes, for a run of the demo recipe with these overrides."""
+    from trainer.config import load_config
+
+    cfg = load_config(ablation.DEMO_CONFIG, [*overrides, f"seed={seed}", f"steps={steps}", f"run_dir={run_dir}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+
+
+def use_recipe(ablation, path, **changes):
+    """Point the study at a copy of demo.yaml with some top-level sections changed."""
+    import yaml
+
+    recipe = yaml.safe_load(ablation.DEMO_CONFIG.read_text())
+    for section, values in changes.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    path.write_text(yaml.safe_dump(recipe))
+    ablation.DEMO_CONFIG = path
+    ablation.demo_recipe.cache_clear()
+    ablation.planned_fingerprint.cache_clear()
+
+
+def test_finished_runs_are_archived_and_reused_only_with_the_same_config(tmp_path):
+    """A later sitting without the workdir reads the archived runs; other study settings or another
+    training config do not reuse them; a run trained at an lr override is still reused once the
+    recipe itself adopts that lr (a run is known by the config it trained with)."""
     import gzip
     import shutil
     from types import SimpleNamespace
@@ -155,10 +180,12 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_p
         run = tmp_path / "work" / "runs" / arm / "seed0"
         (run / "eval").mkdir(parents=True)
         (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
+        overrides = study.arm_overrides(arm)[0]
         (run / "result.json").write_text(json.dumps({
-            "arm": arm, "seed": 0, "settings": study.settings(), "overrides": study.arm_overrides(arm)[0],
-            "picked": {}, "train_s": 1.0, "loss": 0.2, "dit_params": 1000, "dit_train_gflops_per_sample": 0.5,
-            "report": str(run / "eval" / "report.json"), "curve": []}))
+            "arm": arm, "seed": 0, "settings": study.settings(), "config": study.config_for(overrides),
+            "overrides": overrides, "picked": {}, "train_s": 1.0, "loss": 0.2, "dit_params": 1000,
+            "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"), "curve": []}))
+        write_run_config(run, ablation, overrides)
         assert study.full_run(arm, 0)["arm"] == arm  # finished in the workdir: archived, nothing trained
     saved = json.loads(gzip.decompress((tmp_path / "archive" / "last_layer" / "seed0.json.gz").read_bytes()))
     assert saved["settings"]["steps"] == 1400 and len(saved["report"]["examples"]) == 180
@@ -179,98 +206,141 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_settings(tmp_p
     other = report("--steps", "700")
     assert "not reused" in other.stdout and "no finished runs yet" in other.stdout
     shutil.rmtree(tmp_path / "work")
-    assert study.finished("sparse", 0) is not None  # the archive, same recipe
-    ablation.recipe_fingerprint = lambda: "a-changed-demo-recipe"  # e.g. demo.yaml's lr or a preset's default
-    assert study.finished("sparse", 0) is None
+    assert study.finished("sparse", 0) is not None  # the archive, same config
+
+    # a changed recipe retires the runs whose config it changes
+    lr = ablation.recipe_lr()
+    use_recipe(ablation, tmp_path / "ema.yaml", ema={"halflife_images": 4321})
+    assert study.finished("sparse", 0) is None and study.finished("last_layer", 0) is None
+
+    # a run trained with an lr override is the recipe's run once the recipe adopts that lr
+    use_recipe(ablation, tmp_path / "old.yaml")  # the recipe as it was
+    overrides = ["model.dit.conditioning=last_layer", f"optim.lr={lr * 2}"]
+    run = tmp_path / "work" / "runs" / "last_layer" / "seed1"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(0.5, rng))))
+    (run / "result.json").write_text(json.dumps({"arm": "last_layer", "seed": 1, "config": study.config_for(overrides),
+                                                 "overrides": overrides, "report": str(run / "eval" / "report.json")}))
+    write_run_config(run, ablation, overrides, seed=1)
+    assert study.finished_with("last_layer", 1, ["model.dit.conditioning=last_layer"]) is None  # not the recipe's lr
+    use_recipe(ablation, tmp_path / "new.yaml", optim={"lr": lr * 2})
+    assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]
+    done = study.finished("last_layer", 1)
+    assert done is not None and done[0]["overrides"] == overrides
 
 
-def test_the_sweep_pick_is_archived_and_an_unchanged_lr_adds_no_override(tmp_path):
-    """The sweep trains each (lr, layer), keeps the lowest held-out loss, and archives the pick; a
-    later sitting reads it; the recipe's own lr leaves the arm's overrides (and its runs) as they were."""
+def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
+    """The sweep trains each (lr, layer) on seed 0 and keeps the lowest held-out loss if, on seed 1,
+    that lr still beats the next lower one; else it falls back to the lower lrs. The pick is
+    archived and a later sitting reads it; a run the trainer stops is a result (diverged), not
+    the end of the study."""
     from types import SimpleNamespace
 
     ablation = load_ablation()
-    recipe = ablation.recipe_lr()
+    r = ablation.recipe_lr()
 
-    def study_for(work, losses, diverging=()):
+    def study_for(work, losses, diverging=(), steps=400):
+        """losses: {(lr factor, seed): held-out loss}, or (layer, factor, seed) for the layer sweep."""
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
                                per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28], curves=[],
-                               lrs=[recipe / 2, recipe, recipe * 2], sweep_steps=400)
+                               lrs=[r / 2, r, r * 2], sweep_steps=steps, confirm_seed=1)
         study = ablation.Study(args)
-        trained = []
+        trained, runs = [], {}
 
         def train(run_dir, overrides, steps, seed, keep=1):
-            run_dir.mkdir(parents=True)
-            trained.append(overrides)
-            if any(o.startswith("optim.lr=") and float(o[9:]) in diverging for o in overrides):
+            write_run_config(run_dir, ablation, overrides, seed, steps)
+            trained.append((overrides, seed))
+            lr = next((float(o[9:]) for o in overrides if o.startswith("optim.lr=")), r)
+            layer = next((int(o.split("=")[1]) for o in overrides if o.startswith("model.dit.text_layer=")), None)
+            runs[run_dir] = (lr / r,) + (seed,) if layer is None else (layer, lr / r, seed)
+            if lr / r in diverging:
                 raise subprocess.CalledProcessError(1, ["train"])  # as when the spike guard stops a run
             return 0.0
 
         study.train = train
-        study.heldout = lambda run_dir: {"loss": losses[len(trained) - 1]}
+        study.heldout = lambda run_dir: {"loss": losses[runs[run_dir]]}
         return study, trained
 
-    study, trained = study_for("w1", [0.30, 0.20, 0.25])
+    study, trained = study_for("w1", {(0.5, 0): 0.30, (1, 0): 0.20, (2, 0): 0.25, (1, 1): 0.21})
     assert study.arm_overrides("last_layer") == (["model.dit.conditioning=last_layer"], {})
     picked = study.sweep("last_layer")
-    assert len(trained) == 3 and picked["lr"] == recipe and [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.25]
+    assert [seed for _, seed in trained] == [0, 0, 0, 1] and picked["lr"] == r
+    assert [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.25]
+    assert picked["confirm"] == [{"lr": r, "layer": None, "seed": 1, "loss": 0.21, "bar": {"lr": r / 2, "loss": 0.30},
+                                  "kept": True}]
     assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]  # the recipe's lr: no override
-    again, trained_again = study_for("w2", [])  # a new workdir: the archive's pick, nothing trained
+    again, trained_again = study_for("w2", {})  # a new workdir: the archive's pick, nothing trained
     assert again.sweep("last_layer") == picked and trained_again == []
 
-    # lr x2 at layer 28 wins, at the grid's edge: lr x4 is tried there too, and loses
-    layer_study, trained = study_for("w3", [0.3, 0.3, 0.3, 0.3, 0.3, 0.1, 0.2])
-    picked = layer_study.sweep("single_layer")
-    assert len(trained) == 7 and picked["layer"] == 28 and picked["lr"] == recipe * 2
-    assert trained[-1] == ["model.dit.conditioning=single_layer", f"optim.lr={recipe * 4}", "model.dit.text_layer=28"]
-    assert layer_study.arm_overrides("single_layer")[0] == [
-        "model.dit.conditioning=single_layer", f"optim.lr={recipe * 2}", "model.dit.text_layer=28"]
+    # an lr that wins on seed 0 and fails on seed 1 (the edge of stability) gives way to the lower lrs:
+    # x4 is tried past the grid's edge and diverges; x2 wins on seed 0, is worse than x1 on seed 1;
+    # x1 beats /2 on seed 1 and is kept
+    edge, trained = study_for("w6", {(0.5, 0): 0.30, (1, 0): 0.20, (2, 0): 0.10, (2, 1): 0.35, (1, 1): 0.19},
+                              diverging={4})
+    picked = edge.sweep("sparse")
+    assert picked["lr"] == r and picked["tried"][-1] == {"lr": r * 4, "layer": None, "loss": None, "diverged": True}
+    assert [(c["lr"], c["kept"]) for c in picked["confirm"]] == [(r * 2, False), (r, True)]
+    assert f"{r:g} (swept; {r * 2:g} failed on seed 1)" == ablation.lr_text(picked)
     # the caption-level arms are not swept: they train at sparse's picked lr
-    assert again.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}"]  # sparse not swept there
-    sparse, _ = study_for("w1b", [0.3, 0.3, 0.1, 0.2])  # sparse's best: lr x2 (x4 tried past the edge)
-    assert sparse.sweep("sparse")["lr"] == recipe * 2 and sparse.sweep("level1_only") == {"lr": recipe * 2, "from": "sparse"}
-    assert sparse.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}", f"optim.lr={recipe * 2}"]
-    # a diverging run is a sweep result (no loss), not the end of the study
-    edge, trained = study_for("w6", [0.3, 0.2, 0.1], diverging={recipe * 4})
-    picked = edge.sweep("refiner")
-    assert picked["lr"] == recipe * 2 and picked["tried"][-1] == {"lr": recipe * 4, "layer": None, "loss": None,
-                                                                   "diverged": True}
-    other, _ = study_for("w4", [])
+    assert edge.sweep("level1_only") == {"lr": r, "from": "sparse"}
+    assert edge.arm_overrides("level1_only")[0] == ["data.level_weights={'1': 1}"]
+    double, _ = study_for("w1b", {(0.5, 0): 0.3, (1, 0): 0.3, (2, 0): 0.1, (4, 0): 0.2, (2, 1): 0.1})
+    assert double.sweep("shared_kv")["lr"] == r * 2
+    assert double.arm_overrides("shared_kv")[0][-1] == f"optim.lr={r * 2}"
+
+    # lr x2 at layer 28 wins, at the grid's edge: lr x4 is tried there too, and loses; seed 1 keeps x2
+    losses = {(layer, f, 0): 0.3 for layer in (15, 28) for f in (0.5, 1, 2)}
+    losses.update({(28, 2, 0): 0.1, (28, 4, 0): 0.2, (28, 2, 1): 0.25})
+    layer_study, trained = study_for("w3", losses)
+    picked = layer_study.sweep("single_layer")
+    assert len(trained) == 8 and picked["layer"] == 28 and picked["lr"] == r * 2 and picked["confirm"][0]["kept"]
+    assert trained[-2][0] == ["model.dit.conditioning=single_layer", f"optim.lr={r * 4}", "model.dit.text_layer=28"]
+    assert layer_study.arm_overrides("single_layer")[0] == [
+        "model.dit.conditioning=single_layer", f"optim.lr={r * 2}", "model.dit.text_layer=28"]
+    other, _ = study_for("w4", {})
     other.args.sweep_steps = 200  # another sweep: its pick is not this one's
     assert other.picked("single_layer") == {}
 
-    # at full length the sweep reuses the finished seed-0 run at the recipe's lr and promotes the
-    # winning run to the arm's seed-0 run
-    full, trained = study_for("w5", [0.30, 0.10, 0.15])  # lr /2, x2 and (the edge) x4 are trained, the recipe's lr is not
-    full.args.sweep_steps = full.args.steps
-    run = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
+    # at full length the sweep reuses the finished seed-0 run at the recipe's lr, promotes the
+    # winning run to the arm's seed-0 run and confirms on the arm's seed-1 run; a seed-1 run that
+    # fails is set aside
+    full, trained = study_for("w5", {(0.5, 0): 0.30, (2, 0): 0.10, (4, 0): 0.15, (2, 1): 0.3, (1, 1): 0.18},
+                              steps=1400)
+    run = tmp_path / "w5" / "runs" / "refiner" / "seed0"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "report.json").write_text("{}")
-    (run / "result.json").write_text(json.dumps({"overrides": ["model.dit.conditioning=last_layer"], "loss": 0.20,
-                                                 "report": str(run / "eval" / "report.json")}))
-    picked = full.sweep("last_layer")
+    overrides = ["model.dit.conditioning=refiner"]
+    (run / "result.json").write_text(json.dumps({"overrides": overrides, "config": full.config_for(overrides),
+                                                 "loss": 0.20, "report": str(run / "eval" / "report.json")}))
+    write_run_config(run, ablation, overrides)
+    picked = full.sweep("refiner")
     assert [t["loss"] for t in picked["tried"]] == [0.30, 0.20, 0.10, 0.15] and picked["tried"][1]["from"] == "runs/seed0"
-    assert trained == [["model.dit.conditioning=last_layer", f"optim.lr={recipe / 2}"],
-                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 2}"],
-                       ["model.dit.conditioning=last_layer", f"optim.lr={recipe * 4}"]]
-    assert picked["lr"] == recipe * 2 and full.arm_overrides("last_layer")[0][-1] == f"optim.lr={recipe * 2}"
-    seed0 = tmp_path / "w5" / "runs" / "last_layer" / "seed0"
-    assert (seed0 / "heldout.json").exists() and not (seed0 / "result.json").exists()  # the winner, to be evaluated
-    assert len(list(seed0.parent.glob("seed0.stale-*"))) == 1  # the recipe-lr run, set aside
+    assert trained == [(overrides + [f"optim.lr={r / 2}"], 0), (overrides + [f"optim.lr={r * 2}"], 0),
+                       (overrides + [f"optim.lr={r * 4}"], 0), (overrides + [f"optim.lr={r * 2}"], 1), (overrides, 1)]
+    assert picked["lr"] == r and full.arm_overrides("refiner")[0] == overrides
+    runs = tmp_path / "w5" / "runs" / "refiner"
+    assert (runs / "seed0" / "result.json").exists()  # the recipe-lr run stays the arm's seed 0
+    assert (runs / "seed1" / "heldout.json").exists() and not (runs / "seed1" / "result.json").exists()  # to evaluate
+    assert len(list(runs.glob("seed1.stale-*"))) == 1  # the x2 run on seed 1, set aside
 
-    # a run finished in the workdir before a sweep picked another lr is set aside, not reused
+    # a run finished in the workdir with another config than the arm's is set aside, not reused
     layer_study.archive = tmp_path / "archive2"
     run = tmp_path / "w3" / "runs" / "single_layer" / "seed0"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "report.json").write_text("{}")
-    (run / "result.json").write_text(json.dumps({"overrides": ["model.dit.conditioning=single_layer",
-                                                               "model.dit.text_layer=28"],
+    overrides = ["model.dit.conditioning=single_layer", "model.dit.text_layer=28"]
+    (run / "result.json").write_text(json.dumps({"overrides": overrides, "config": layer_study.config_for(overrides),
                                                  "report": str(run / "eval" / "report.json")}))
+    write_run_config(run, ablation, overrides)
     assert layer_study.finished("single_layer", 0) is None
     assert not run.exists() and len(list(run.parent.glob("seed0.stale-*"))) == 1
     stale = next(run.parent.glob("seed0.stale-*"))
     assert json.loads((stale / "result.json").read_text())["report"] == str(stale / "eval" / "report.json")
     layer_study.report(["single_layer"])  # the set-aside run is not a seed of the arm
+    layer_study.claim_run_dir(run, overrides)  # wanted again (the pick changed back): it is moved back
+    assert run.exists() and not stale.exists()
+    assert json.loads((run / "result.json").read_text())["report"] == str(run / "eval" / "report.json")
+    assert layer_study.finished_with("single_layer", 0, overrides) is not None
 
 
 def test_repeated_prompt_texts_stay_separate_images():
