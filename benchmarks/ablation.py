@@ -449,8 +449,9 @@ class Study:
         result = run_dir / "result.json"
         done = self.finished(arm, seed)
         if done is not None:
-            if not (self.archive / arm / f"seed{seed}.json.gz").exists():
-                self.archive_run(*done)  # finished in the workdir before it was archived
+            archived = self.archive / arm / f"seed{seed}.json.gz"
+            if not archived.exists() or json.loads(gzip.decompress(archived.read_bytes()))["result"].get("config") != done[0]["config"]:
+                self.archive_run(*done)  # finished in the workdir before it was archived (or a set-aside run came back)
             return done[0]
         overrides, picked = self.arm_overrides(arm)
         curves = arm in self.args.curves
@@ -546,7 +547,7 @@ class Study:
             row = {"label": ARMS[a].label, "seeds": [r["seed"] for r in rs], "categories": per_cat,
                    "mean": bootstrap_mean(o, self.args.n_boot), "held_out_loss": _mean_sd([r["loss"] for r in rs]),
                    "dit_params": rs[0]["dit_params"], "dit_train_gflops_per_sample": rs[0]["dit_train_gflops_per_sample"],
-                   "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": rs[0]["picked"],
+                   "train_s": _mean_sd([r["train_s"] for r in rs]), "picked": self.arm_overrides(a)[1],
                    "clean_scenes": clean_rate(reports[a]), "probes": probes(reports[a])}
             if a != ref:
                 row["vs_reference"] = {"bootstrap": paired_bootstrap(o, outcomes[ref], self.args.n_boot),

@@ -227,6 +227,13 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_config(tmp_pat
     assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]
     done = study.finished("last_layer", 1)
     assert done is not None and done[0]["overrides"] == overrides
+    # the archive follows the workdir's run of the arm's config (e.g. a set-aside run that came back)
+    archived = tmp_path / "archive" / "last_layer" / "seed1.json.gz"
+    archived.parent.mkdir(parents=True, exist_ok=True)
+    archived.write_bytes(gzip.compress(json.dumps({"settings": study.settings(), "result": {"config": "another"},
+                                                   "report": {}}).encode()))
+    study.full_run("last_layer", 1)
+    assert json.loads(gzip.decompress(archived.read_bytes()))["result"]["config"] == done[0]["config"]
 
 
 def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
