@@ -51,6 +51,8 @@ def _describe(hint) -> str:
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
         inner = typing.get_args(hint)
+        if origin is tuple and inner and inner[-1] is not Ellipsis:  # a fixed-length tuple: [W, H]
+            return "[" + ", ".join(_describe(a) for a in inner) + "]"
         return f"list[{_describe(inner[0])}]" if inner else "list"
     if origin is dict:
         return "mapping"
@@ -114,7 +116,7 @@ def coerce(value, hint, where: str):
         if inner and origin is list:
             return [coerce(v, inner[0], f"{where}[{i}]") for i, v in enumerate(value)]
         if inner and origin is tuple and inner[-1] is not Ellipsis and len(inner) == len(value):
-            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(inner, value)))
+            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, inner)))
         return value
     if origin is dict:
         if not isinstance(value, dict):

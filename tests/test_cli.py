@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from conftest import deepfusion_cmd, free_port
@@ -152,6 +153,14 @@ def test_one_grammar_every_setting_as_key_value_and_help_lists_the_keys(tmp_path
         "eval", "scenes", "reference_only=true", "per_category=3"]
     made = run("scenes", "make", str(tmp_path / "c"), "--n", "6", "sizes=[64x64]")
     assert made.returncode == 0, made.stderr
+    # a tuple-typed setting written as a YAML list (the form `scenes make --help` shows)
+    from common.config import ConfigError
+    from jobs.grammar import settings
+    from scenes import CorpusConfig
+
+    assert settings(CorpusConfig, ["sizes=[[64,64],[96,64]]"]).sizes == [(64, 64), (96, 64)]
+    with pytest.raises(ConfigError, match=r"sizes\[0\]"):
+        settings(CorpusConfig, ["sizes=[[64,wide]]"])
     for argv, key in ((["train", "--help"], "model.dit.width"), (["curate", "--help"], "download.url_policy.allow"),
                       (["sample", "--help"], "guidance"), (["scenes", "make", "--help"], "max_groups"),
                       (["demo", "--help"], "train_steps"), (["eval", "scenes", "--help"], "per_category")):
