@@ -51,14 +51,6 @@ def main() -> None:
 
     prompted, empty = cond([s.prompt for s in specs]), cond([""] * len(specs))
 
-    def guided(x, sigma):
-        s = sigma.expand(x.shape[0])
-        d = pipe.edm.denoise(pipe.dit, x, s, *prompted)
-        if args.guidance == 1.0:
-            return d
-        u = pipe.edm.denoise(pipe.dit, x, s, *empty)
-        return u + args.guidance * (d - u)
-
     def score(latents) -> int:
         images = pipe.codec.decode(latents).clamp(-1, 1).cpu()
         return sum(check(s, facts_from_image(to_pil(images[i]), calib)) for i, s in enumerate(specs))
@@ -68,18 +60,9 @@ def main() -> None:
     print(f"{args.checkpoint}: {len(specs)} {args.category} prompts, guidance {args.guidance}")
     print(f"  the clean renders themselves: {score(x0)}/{len(specs)}")
     for start in (*STARTS, float(full[0])):
-        first = int((full[:-1] <= start + 1e-6).nonzero()[0]) if start < full[0] else 0
-        sigmas = full[first:]
-        x = x0 + sigmas[0] * noise
-        with torch.no_grad():
-            for i in range(len(sigmas) - 1):
-                s_cur, s_next = sigmas[i], sigmas[i + 1]
-                d_cur = (x - guided(x, s_cur)) / s_cur
-                x_next = x + (s_next - s_cur) * d_cur
-                if s_next > 0:
-                    d_next = (x_next - guided(x_next, s_next)) / s_next
-                    x_next = x + (s_next - s_cur) * (d_cur + d_next) / 2
-                x = x_next
+        sigmas = full[int((full[:-1] <= start + 1e-6).nonzero()[0]):] if start < full[0] else full
+        x = pipe.edm.sample(pipe.dit, x0.shape, prompted, empty, steps=args.steps, guidance=args.guidance,
+                            device=pipe.device, noise=noise, start=(x0, start))
         ok = score(x)
         print(f"  from sigma {float(sigmas[0]):6.2f} ({len(sigmas) - 1:2d} steps): {ok}/{len(specs)} = {ok / len(specs):.0%}",
               flush=True)

@@ -71,12 +71,15 @@ class EDM:
     @torch.no_grad()
     def sample(self, net: Network, shape: tuple[int, ...], cond: tuple, uncond: tuple | None = None,
                steps: int = 32, guidance: float = 1.0, generator: torch.Generator | None = None,
-               device=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+               device=None, noise: torch.Tensor | None = None,
+               start: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
         """Heun's 2nd-order deterministic sampler (EDM Algorithm 1) with classifier-free guidance.
 
         cond/uncond are the extra arguments of `net` (text states and masks) for the prompt and for
         the empty prompt; with guidance != 1 both run in one batch. Deterministic for a generator
         (or for `noise`: unit-variance starting noise of `shape`, e.g. drawn per image from its seed).
+        `start` = (x0, sigma): begin from clean latents x0 noised to the schedule's first level <= sigma
+        (SDEdit); the steps above it are skipped.
         """
         use_cfg = uncond is not None and guidance != 1.0
 
@@ -92,7 +95,11 @@ class EDM:
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=device)
         x = noise.to(device=device, dtype=torch.float32) * sigmas[0]
-        for i in range(steps):
+        if start is not None:
+            x0, level = start
+            sigmas = sigmas[int((sigmas[:-1] <= level + 1e-6).nonzero()[0]):] if level < sigmas[0] else sigmas
+            x = x0.to(device=device, dtype=torch.float32) + noise.to(device=device, dtype=torch.float32) * sigmas[0]
+        for i in range(len(sigmas) - 1):
             s_cur, s_next = sigmas[i], sigmas[i + 1]
             d_cur = (x - guided(x, s_cur)) / s_cur
             x_next = x + (s_next - s_cur) * d_cur

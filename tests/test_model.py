@@ -444,6 +444,13 @@ def test_edm_sampler_recovers_a_point_distribution():
 
     out = edm.sample(perfect, target.shape, cond=(), steps=12, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, target, atol=1e-3, rtol=1e-3)
+    # started from another image noised to a mid level (SDEdit), the perfect denoiser still ends at the target
+    calls = []
+    counted = lambda x_in, c_noise: calls.append(1) or perfect(x_in, c_noise)  # noqa: E731
+    out = edm.sample(counted, target.shape, cond=(), steps=12, generator=torch.Generator().manual_seed(0),
+                     start=(torch.zeros_like(target), 2.0))
+    torch.testing.assert_close(out, target, atol=1e-3, rtol=1e-3)
+    assert len(calls) < 2 * 12 - 1  # the levels above sigma 2 were skipped
 
 
 def test_sampler_is_deterministic_for_a_seed():
