@@ -31,6 +31,36 @@ def test_ground_truth_renders_score_near_100_percent(size):
     assert report["overall"]["categories"] == list(IN_DISTRIBUTION)
 
 
+def test_shape_fit_looks_past_stray_pixels_soft_edges_and_noise():
+    """What a person looks past does not change the shape the analyser names: a stray pixel of the
+    object's colour on its edge (which stretched the bounding box of the old fill-ratio rule, so a
+    square with one speck was a circle), a blurred border, pixel noise."""
+    from PIL import ImageFilter
+
+    from trainer.buckets import resize_to_bucket
+
+    size = (32, 32)
+    calib = calibrate(size)
+    specs = make_specs(60, (256, 256), seed=99, categories=("shape",))
+    rng = np.random.default_rng(0)
+    named = {"specked": 0, "blurred": 0, "noisy": 0}
+    for spec in specs:  # rendered large and downscaled as the trainer's loader does
+        image = resize_to_bucket(render(spec.scene), size).permute(1, 2, 0).numpy()
+        assert check(spec, facts_from_image(Image.fromarray(image), calib))
+        rgb = np.asarray(spec.scene.objects[0].rgb, dtype=np.uint8)
+        ys, xs = np.nonzero((image.max(-1).astype(int) - image.min(-1)) >= 60)
+        specked = image.copy()  # one pixel above the top edge, one below the bottom edge
+        specked[max(ys.min() - 1, 0), int(np.median(xs[ys == ys.min()]))] = rgb
+        specked[min(ys.max() + 1, 31), int(np.median(xs[ys == ys.max()]))] = rgb
+        noisy = np.clip(image + rng.normal(0, 25, image.shape), 0, 255).astype(np.uint8)
+        named["specked"] += check(spec, facts_from_image(Image.fromarray(specked), calib))
+        named["blurred"] += check(spec, facts_from_image(Image.fromarray(image).filter(ImageFilter.GaussianBlur(0.8)), calib))
+        named["noisy"] += check(spec, facts_from_image(Image.fromarray(noisy), calib))
+    assert min(named.values()) >= 0.95 * len(specs), named
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        calibrate((8, 8))
+
+
 def _mismatched(specs):
     """Each spec paired with the scene of the next spec of its category; a binding swap pair with
     the next pair (first with first, second with second)."""
