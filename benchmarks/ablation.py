@@ -181,10 +181,12 @@ class Study:
     # -- finished runs, in the workdir or the archive --------------------------------------
     def settings(self) -> dict:
         """What a run's numbers depend on besides its arm, seed and training config: the study's
-        own settings (data, eval)."""
+        own settings (data, eval) and the analyser that scores the samples."""
+        from scenes.analyse import ANALYSER
+
         a = self.args
         return {"n": a.n, "steps": a.steps, "per_category": a.per_category, "eval_seeds": list(a.eval_seeds),
-                "heldout": a.heldout}
+                "heldout": a.heldout, "analyser": ANALYSER}
 
     def config_for(self, overrides: list[str]) -> str:
         """The training config a run with these overrides gets, as a fingerprint. A run is reused
@@ -224,8 +226,11 @@ class Study:
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            if out.get("config") == want:
+            analyser = out.get("settings", self.settings()).get("analyser")
+            if out.get("config") == want and analyser == self.settings()["analyser"]:
                 return out, json.loads(Path(out["report"]).read_text())
+            if say and out.get("config") == want:  # the trained run stays: only its eval is made again
+                print(f"{result}: scored by another analyser ({analyser or 'bbox-fill'}), evaluated again", flush=True)
         archived = self.archive / arm / f"seed{seed}.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
@@ -285,7 +290,8 @@ class Study:
         """What a sweep's results depend on: the study's settings, the grid, and the arm's training
         config less the lr and layer it sweeps (so the recipe adopting another lr keeps the sweep)."""
         a = self.args
-        return {**self.settings(), "sweep_steps": a.sweep_steps, "lrs": list(a.lrs),
+        settings = {k: v for k, v in self.settings().items() if k != "analyser"}  # held-out losses only
+        return {**settings, "sweep_steps": a.sweep_steps, "lrs": list(a.lrs),
                 "layers": list(a.layers) if ARMS[arm].sweep_layer else None, "confirm_seed": a.confirm_seed,
                 "config": planned_fingerprint(tuple(ARMS[arm].overrides), a.sweep_steps, SWEPT)}
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_yaml_config
-from scenes.analyse import (Fact, both_found, calibrate, check, clean_scene, facts_from_image, facts_from_scene,
+from scenes.analyse import (ANALYSER, Fact, both_found, calibrate, check, clean_scene, facts_from_image, facts_from_scene,
                             slot_hits)
 from scenes.eval_prompts import (CATEGORIES, IN_DISTRIBUTION, LONG_PROMPTS, OUT_OF_DISTRIBUTION, SLOTTED, TWO_OBJECTS,
                                  Spec, make_specs)
@@ -200,7 +200,7 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
     model = score(run_specs, model_facts, pair_keys, hits)
     report = {
         "checkpoint": str(checkpoint), "resolution": [w, h], "config": cfg.__dict__,
-        "calibration": calib.to_dict(), "model": model,
+        "analyser": ANALYSER, "calibration": calib.to_dict(), "model": model,
         # the empty prompt's samples in place of each prompt's: image k of the runs -> uncond k mod n
         "unconditional": score(run_specs, [uncond_facts[k % n_uncond] for k in range(len(runs))], pair_keys),
         "ground_truth": ground_truth(specs, (w, h), renders), "chance": chance(specs),

@@ -29,6 +29,10 @@ from scenes.render import render
 
 from .eval_prompts import RULE, Spec, _obj, _place, _scene
 
+# Which analyser scored a report: changed when a change to it moves scores, so that numbers made
+# with another one are not compared with or reused for its own (benchmarks/ablation.py).
+# bbox-fill (until 2026-12-06): the shape from how much of its bounding box a region fills.
+ANALYSER = "shape-fit-1"
 NAMES = list(COLORS)
 CANONICAL = np.array([COLORS[n] for n in NAMES], dtype=np.float32)
 MIN_CHROMA = 60

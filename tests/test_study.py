@@ -207,6 +207,14 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_config(tmp_pat
     assert "not reused" in other.stdout and "no finished runs yet" in other.stdout
     shutil.rmtree(tmp_path / "work")
     assert study.finished("sparse", 0) is not None  # the archive, same config
+    # samples scored by another analyser are not compared with the current one's
+    path = tmp_path / "archive" / "sparse" / "seed0.json.gz"
+    current = path.read_bytes()
+    saved = json.loads(gzip.decompress(current))
+    saved["settings"].pop("analyser")  # as archived before the analyser was named: the bounding-box fill rule
+    path.write_bytes(gzip.compress(json.dumps(saved).encode()))
+    assert study.finished("sparse", 0) is None and study.finished("last_layer", 0) is not None
+    path.write_bytes(current)
 
     # a changed recipe retires the runs whose config it changes
     lr = ablation.recipe_lr()
