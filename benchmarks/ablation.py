@@ -226,8 +226,9 @@ class Study:
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            analyser = out.get("settings", self.settings()).get("analyser")
-            if out.get("config") == want and analyser == self.settings()["analyser"]:
+            current = self.settings()["analyser"]
+            analyser = out.get("settings", {}).get("analyser", current)
+            if out.get("config") == want and analyser == current:
                 return out, json.loads(Path(out["report"]).read_text())
             if say and out.get("config") == want:  # the trained run stays: only its eval is made again
                 print(f"{result}: scored by another analyser ({analyser or 'bbox-fill'}), evaluated again", flush=True)

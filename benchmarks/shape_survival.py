@@ -55,12 +55,12 @@ def main() -> None:
         images = pipe.codec.decode(latents).clamp(-1, 1).cpu()
         return sum(check(s, facts_from_image(to_pil(images[i]), calib)) for i, s in enumerate(specs))
 
-    full = pipe.edm.sigma_schedule(args.steps, pipe.device)
+    sigma_max = pipe.edm.cfg.sigma_max
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed)).to(pipe.device)
     print(f"{args.checkpoint}: {len(specs)} {args.category} prompts, guidance {args.guidance}")
     print(f"  the clean renders themselves: {score(x0)}/{len(specs)}")
-    for start in (*STARTS, float(full[0])):
-        sigmas = full[int((full[:-1] <= start + 1e-6).nonzero()[0]):] if start < full[0] else full
+    for start in (*STARTS, sigma_max):
+        sigmas = pipe.edm.schedule_from(args.steps, start, pipe.device)
         x = pipe.edm.sample(pipe.dit, x0.shape, prompted, empty, steps=args.steps, guidance=args.guidance,
                             device=pipe.device, noise=noise, start=(x0, start))
         ok = score(x)

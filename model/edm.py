@@ -68,6 +68,12 @@ class EDM:
         t = (c.sigma_max ** (1 / c.rho) + i / max(steps - 1, 1) * (c.sigma_min ** (1 / c.rho) - c.sigma_max ** (1 / c.rho))) ** c.rho
         return torch.cat([t, torch.zeros(1, dtype=torch.float64, device=device)]).float()
 
+    def schedule_from(self, steps: int, level: float, device=None) -> torch.Tensor:
+        """The part of sigma_schedule(steps) from its first level <= `level` (all of it when `level`
+        is at least sigma_max): what a sampler started at `level` (SDEdit) runs."""
+        sigmas = self.sigma_schedule(steps, device)
+        return sigmas[int((sigmas[:-1] <= level + 1e-6).nonzero()[0]):] if level < sigmas[0] else sigmas
+
     @torch.no_grad()
     def sample(self, net: Network, shape: tuple[int, ...], cond: tuple, uncond: tuple | None = None,
                steps: int = 32, guidance: float = 1.0, generator: torch.Generator | None = None,
@@ -97,7 +103,7 @@ class EDM:
         x = noise.to(device=device, dtype=torch.float32) * sigmas[0]
         if start is not None:
             x0, level = start
-            sigmas = sigmas[int((sigmas[:-1] <= level + 1e-6).nonzero()[0]):] if level < sigmas[0] else sigmas
+            sigmas = self.schedule_from(steps, level, device)
             x = x0.to(device=device, dtype=torch.float32) + noise.to(device=device, dtype=torch.float32) * sigmas[0]
         for i in range(len(sigmas) - 1):
             s_cur, s_next = sigmas[i], sigmas[i + 1]

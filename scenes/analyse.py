@@ -72,23 +72,25 @@ _INSIDE = {
 SUBPIXELS = 4  # per side: a template covers each pixel in steps of 1/16
 
 
-def shape_fits(mask: np.ndarray) -> dict[str, float]:
-    """Intersection over union of a region (a boolean image) with each shape placed at the region's
-    centroid with the region's area, the template rasterised as coverage fractions per pixel."""
-    ys, xs = np.nonzero(mask)
+def shape_fits(ys: np.ndarray, xs: np.ndarray, image_hw: tuple[int, int]) -> dict[str, float]:
+    """Intersection over union of a region (the row and column indices of its pixels in an image of
+    `image_hw`) with each shape placed at the region's centroid with the region's area, the template
+    rasterised as coverage fractions per pixel and cut at the image's edges."""
     cy, cx, area = ys.mean() + 0.5, xs.mean() + 0.5, len(ys)  # pixel i spans [i, i + 1)
     offsets = (np.arange(SUBPIXELS) + 0.5) / SUBPIXELS
     fits = {}
     for shape, unit_area in SHAPE_AREA.items():
         r = math.sqrt(area / unit_area)
         reach = int(math.ceil(1.5 * r)) + 2
-        y0, y1 = max(int(cy) - reach, 0), min(int(cy) + reach + 1, mask.shape[0])
-        x0, x1 = max(int(cx) - reach, 0), min(int(cx) + reach + 1, mask.shape[1])
+        y0, y1 = max(int(cy) - reach, 0), min(int(cy) + reach + 1, image_hw[0])
+        x0, x1 = max(int(cx) - reach, 0), min(int(cx) + reach + 1, image_hw[1])
         py = (np.arange(y0, y1)[:, None] + offsets).reshape(-1, 1) - cy
         px = (np.arange(x0, x1)[:, None] + offsets).reshape(1, -1) - cx
         cover = _INSIDE[shape](px, py, r).reshape(y1 - y0, SUBPIXELS, x1 - x0, SUBPIXELS).mean((1, 3))
-        window = mask[y0:y1, x0:x1]
-        outside = area - window.sum()  # region pixels beyond the window: in the union only
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        window = np.zeros(cover.shape, dtype=bool)
+        window[ys[inside] - y0, xs[inside] - x0] = True
+        outside = area - int(inside.sum())  # region pixels beyond the window: in the union only
         fits[shape] = float(np.minimum(window, cover).sum() / (np.maximum(window, cover).sum() + outside))
     return fits
 
@@ -103,12 +105,14 @@ def regions(image: Image.Image | np.ndarray, min_area: float = 1):
     for idx in np.unique(nearest[chromatic]):
         labels, n = ndimage.label(chromatic & (nearest == idx), structure=np.ones((3, 3)))
         areas = np.bincount(labels.ravel(), minlength=n + 1)
+        boxes = ndimage.find_objects(labels)
         for k in np.nonzero(areas[1:] >= min_area)[0] + 1:  # noise makes thousands of specks: skip them cheaply
-            mask = labels == k
-            fits = shape_fits(mask)
-            py, px = np.nonzero(mask)
-            rgb = tuple(int(round(v)) for v in arr[mask].mean(0))
-            yield NAMES[idx], int(areas[k]), max(fits, key=fits.get), float(px.mean()), float(py.mean()), rgb
+            box_y, box_x = boxes[k - 1]
+            ys, xs = np.nonzero(labels[box_y, box_x] == k)
+            ys, xs = ys + box_y.start, xs + box_x.start
+            fits = shape_fits(ys, xs, labels.shape)
+            rgb = tuple(int(round(v)) for v in arr[ys, xs].mean(0))
+            yield NAMES[idx], int(areas[k]), max(fits, key=fits.get), float(xs.mean()), float(ys.mean()), rgb
 
 
 @lru_cache(maxsize=8)
