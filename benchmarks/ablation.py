@@ -227,7 +227,9 @@ class Study:
         if result.exists():
             out = json.loads(result.read_text())
             current = self.settings()["analyser"]
-            analyser = out.get("settings", {}).get("analyser", current)
+            # no settings: an older run of this study, scored as now; settings without an analyser:
+            # scored before the analyser was named (the bounding-box fill rule)
+            analyser = out["settings"].get("analyser") if "settings" in out else current
             if out.get("config") == want and analyser == current:
                 return out, json.loads(Path(out["report"]).read_text())
             if say and out.get("config") == want:  # the trained run stays: only its eval is made again

@@ -18,40 +18,39 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import tarfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datapipe.contract import Dataset  # noqa: E402
 from jobs.eval_scenes import fixed_noise_losses  # noqa: E402
 from trainer.buckets import resize_to_bucket  # noqa: E402
 from trainer.sampling import load_pipeline, save_grid  # noqa: E402
 
 SIGMAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def training_scenes(dataset: Path, size: tuple[int, int], level: int = 3) -> tuple[torch.Tensor, list[str]]:
-    """Every image of the dataset's shards, resized as the trainer's loader does (uint8 [N, 3, h, w]),
-    with its reference caption at `level`."""
-    captions = {}
-    for part in sorted((dataset / "captions" / "reference").glob("*.parquet")):
-        captions.update({row["key"]: row[f"level_{level}"] for row in pq.read_table(part).to_pylist()})
+def training_scenes(root: str, size: tuple[int, int], level: int = 3) -> tuple[torch.Tensor, list[str]]:
+    """Every committed sample of the dataset (read through its contract, as the trainer does) that
+    has an ok reference caption: the image resized as the trainer's loader does (uint8 [N, 3, h, w])
+    and its caption at `level`."""
+    dataset = Dataset(root)
+    captions = dataset.captions("reference")
+    captioned = set(captions.shard_ids())
     images, prompts = [], []
-    for shard in sorted((dataset / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, suffix = Path(member.name).stem, Path(member.name).suffix.lower()
-                if suffix in IMAGE_SUFFIXES and captions.get(key):
-                    image = Image.open(io.BytesIO(tar.extractfile(member).read()))
+    for sid in dataset.manifest.shard_ids:
+        rows = captions.shard(sid).to_pylist() if sid in captioned else []
+        text = {r["key"]: r[f"level_{level}"] for r in rows if r["status"] == "ok" and r[f"level_{level}"]}
+        for sample in dataset.samples(sid):
+            if sample.key in text:
+                with Image.open(io.BytesIO(sample.image)) as image:
                     images.append(resize_to_bucket(image, size))
-                    prompts.append(captions[key])
+                prompts.append(text[sample.key])
     if not images:
-        raise SystemExit(f"{dataset}: no captioned images in shards/*.tar")
+        raise SystemExit(f"{root}: no sample with an ok level-{level} reference caption")
     return torch.stack(images), prompts
 
 
@@ -64,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
 
     pipe = load_pipeline(args.run)
-    pixels, prompts = training_scenes(Path(args.dataset), pipe.resolution)
+    pixels, prompts = training_scenes(args.dataset, pipe.resolution)
     x0 = pipe.codec.encode(pixels.to(pipe.device).float() / 127.5 - 1)
     losses = fixed_noise_losses(pipe, x0, prompts, SIGMAS, noise_seed=0).mean(0)
     print(f"{args.run}: {len(prompts)} training scenes, EDM loss at fixed noise (their level-3 captions)")

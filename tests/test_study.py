@@ -230,6 +230,11 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_config(tmp_pat
     (run / "result.json").write_text(json.dumps({"arm": "last_layer", "seed": 1, "config": study.config_for(overrides),
                                                  "overrides": overrides, "report": str(run / "eval" / "report.json")}))
     write_run_config(run, ablation, overrides, seed=1)
+    assert study.finished_with("last_layer", 1, overrides) is not None
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**result, "settings": {"n": 2000}}))  # scored before the analyser was named
+    assert study.finished_with("last_layer", 1, overrides) is None
+    (run / "result.json").write_text(json.dumps(result))
     assert study.finished_with("last_layer", 1, ["model.dit.conditioning=last_layer"]) is None  # not the recipe's lr
     use_recipe(ablation, tmp_path / "new.yaml", optim={"lr": lr * 2})
     assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]
