@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datapipe.contract import Dataset  # noqa: E402
+from datapipe.contract import CAPTION_STATUS_OK, Dataset  # noqa: E402
 from jobs.eval_scenes import fixed_noise_losses  # noqa: E402
 from trainer.buckets import resize_to_bucket  # noqa: E402
 from trainer.sampling import load_pipeline, save_grid  # noqa: E402
@@ -39,11 +39,12 @@ def training_scenes(root: str, size: tuple[int, int], level: int = 3) -> tuple[t
     and its caption at `level`."""
     dataset = Dataset(root)
     captions = dataset.captions("reference")
-    captioned = set(captions.shard_ids())
     images, prompts = [], []
     for sid in dataset.manifest.shard_ids:
-        rows = captions.shard(sid).to_pylist() if sid in captioned else []
-        text = {r["key"]: r[f"level_{level}"] for r in rows if r["status"] == "ok" and r[f"level_{level}"]}
+        text = {r["key"]: r[f"level_{level}"] for r in captions.shard(sid).to_pylist()  # empty if uncaptioned
+                if r["status"] == CAPTION_STATUS_OK and r[f"level_{level}"]}
+        if not text:
+            continue
         for sample in dataset.samples(sid):
             if sample.key in text:
                 with Image.open(io.BytesIO(sample.image)) as image:
