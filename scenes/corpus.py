@@ -44,12 +44,15 @@ class CorpusConfig:
     text_probability: float = 0.3  # chance a scene contains a word
     object_sizes: list[str] = field(default_factory=lambda: ["small", "medium", "large"])  # names in graph.SIZES
     max_groups: int = 3  # 1..3 groups of same-coloured shapes per scene (1: one colour per image)
+    max_count: int = 4  # 1..4 shapes per group (1 with max_groups=1: one shape per image)
 
     def __post_init__(self):
         self.sizes = [tuple(int(v) for v in s.lower().split("x")) if isinstance(s, str) else tuple(s)
                       for s in self.sizes]
         if not 1 <= self.max_groups <= 3:
             raise ValueError(f"max_groups must be 1, 2 or 3, got {self.max_groups}")
+        if not 1 <= self.max_count <= 4:
+            raise ValueError(f"max_count must be 1..4, got {self.max_count}")
 
 
 def _row_kinds(cfg: CorpusConfig, rng: random.Random) -> list[tuple[str, str | None]]:
@@ -89,7 +92,7 @@ def make_corpus(out: str | Path, cfg: CorpusConfig, progress: bool = True) -> di
             scene_id = f"s{cfg.seed:04d}{i:07d}"
             size = tuple(cfg.sizes[rng.randrange(len(cfg.sizes))])
             scene = generate_scene(scene_id, rng.getrandbits(48), size, cfg.text_probability, cfg.max_groups,
-                                   tuple(cfg.object_sizes))
+                                   tuple(cfg.object_sizes), cfg.max_count)
             scenes[scene_id] = scene
             (out / "images" / f"{scene_id}.png").write_bytes(png(render(scene)))
         sid = scene.id

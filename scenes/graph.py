@@ -105,8 +105,10 @@ def _fits(cx: float, cy: float, r: float, w: int, h: int, placed: list[tuple[flo
 
 
 def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None, text_probability: float = 0.3,
-                   max_groups: int = 3, object_sizes: tuple[str, ...] = tuple(SIZES)) -> Scene:
-    """A random scene, fully determined by `seed` (and `size`, `max_groups` when given)."""
+                   max_groups: int = 3, object_sizes: tuple[str, ...] = tuple(SIZES), max_count: int = 4) -> Scene:
+    """A random scene, fully determined by `seed` (and `size`, `max_groups`, `max_count` when given).
+    `max_count` caps the shapes per group (1: every group is one shape); it draws the same random
+    numbers whatever its value, so a scene keeps its colours, shapes and places when only it changes."""
     rng = random.Random(seed)
     width, height = size or rng.choice(DEFAULT_SIZES)
     background = rng.choice(list(BACKGROUNDS))
@@ -116,7 +118,7 @@ def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None
     placed: list[tuple[float, float, float]] = []
     budget = 6
     for g, color in enumerate(colors):
-        count = min(rng.choices([1, 2, 3, 4], weights=[5, 3, 2, 1])[0], budget - (n_groups - g - 1))
+        count = min(rng.choices([1, 2, 3, 4], weights=[5, 3, 2, 1])[0], max_count, budget - (n_groups - g - 1))
         shape = rng.choice(SHAPES)
         size_name = rng.choice(list(object_sizes))
         r = SIZES[size_name] * min(width, height)

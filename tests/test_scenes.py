@@ -21,6 +21,21 @@ def test_scene_generation_is_deterministic():
     assert generate_scene("x", 1235) != a
 
 
+def test_max_count_caps_shapes_per_group_and_keeps_the_rest_of_the_scene():
+    singles = 0
+    for seed in range(200):
+        full = generate_scene("s", seed, max_groups=1)
+        one = generate_scene("s", seed, max_groups=1, max_count=1)
+        assert len(one.objects) == 1
+        # the same random draws: the one shape is the full scene's first, and its colours and ground
+        assert one.objects[0] == full.objects[0] and one.background == full.background
+        singles += len(full.objects) == 1
+    assert 40 < singles < 160  # the default still draws groups of 1-4 shapes
+    assert generate_scene("s", 7) == generate_scene("s", 7, max_count=4)
+    with pytest.raises(ValueError, match="max_count"):
+        CorpusConfig(max_count=0)
+
+
 def test_rendered_pixels_match_the_scene_graph():
     for seed in range(30):
         scene = generate_scene("s", seed)
