@@ -35,6 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import encode_for  # noqa: E402
+from scenes.analyse import SHAPE_AREA as AREA  # noqa: E402  (per r^2, as scenes/render.py draws them)
 from scenes.eval_prompts import make_specs  # noqa: E402
 from scenes.graph import SHAPES  # noqa: E402
 from scenes.render import render  # noqa: E402
@@ -42,7 +43,6 @@ from trainer.buckets import resize_to_bucket  # noqa: E402
 from trainer.sampling import load_pipeline, to_pil  # noqa: E402
 
 COLUMNS = ("clean", "noisy", "right prompt", "shape changed", "empty prompt", "sampled from here")
-AREA = {"circle": np.pi, "square": 4.0, "triangle": 3 * 3**0.5 / 4}  # per r^2, as scenes/render.py draws them
 
 
 def other_shape(prompt: str) -> str:
@@ -56,12 +56,17 @@ def shape_of(prompt: str) -> str:
     return next(shape for shape in SHAPES if shape in prompt)
 
 
-def mass_vs_area(pipe, cond, n: int, sigmas: list[float]) -> None:
-    """How much the shape word moves the estimate's mass, against how much it changes the area."""
+def shape_scenes(pipe, n: int):
+    """The eval's first n shape prompts, their scenes as the loader sees them (uint8 pixels) and as latents."""
     h, w = pipe.resolution
     specs = make_specs(n, (8 * w, 8 * h), 99, ("shape",))
     pixels = torch.stack([resize_to_bucket(render(s.scene), (h, w)) for s in specs]).to(pipe.device)
-    x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
+    return specs, pixels, pipe.codec.encode(pixels.float() / 127.5 - 1)
+
+
+def mass_vs_area(pipe, cond, n: int, sigmas: list[float]) -> None:
+    """How much the shape word moves the estimate's mass, against how much it changes the area."""
+    specs, pixels, x0 = shape_scenes(pipe, n)
     background = (pixels[:, :, 0, 0].float() / 127.5 - 1)[:, :, None, None]  # every scene's corner is its ground
     right, changed = cond([s.prompt for s in specs]), cond([other_shape(s.prompt) for s in specs])
     area = np.log([AREA[shape_of(other_shape(s.prompt))] / AREA[shape_of(s.prompt)] for s in specs])
@@ -83,10 +88,9 @@ def mass_vs_area(pipe, cond, n: int, sigmas: list[float]) -> None:
 
 def sampled_areas(pipe, cond, n: int, guidance: float, steps: int) -> None:
     """Object pixels of plain samples (from sigma_max) per named shape."""
-    h, w = pipe.resolution
-    specs = make_specs(n, (8 * w, 8 * h), 99, ("shape",))
+    specs, _, x0 = shape_scenes(pipe, n)
     right, empty = cond([s.prompt for s in specs]), cond([""] * len(specs))
-    shape = (len(specs), *pipe.codec.encode(torch.zeros(1, 3, h, w, device=pipe.device)).shape[1:])
+    shape = x0.shape
     pixels: dict[str, list[float]] = {}
     for seed in (0, 1):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
@@ -117,9 +121,7 @@ def main() -> None:
 
     pipe = load_pipeline(args.checkpoint)
     h, w = pipe.resolution
-    specs = make_specs(args.prompts, (8 * w, 8 * h), 99, ("shape",))
-    pixels = torch.stack([resize_to_bucket(render(s.scene), (h, w)) for s in specs]).to(pipe.device)
-    x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
+    specs, _, x0 = shape_scenes(pipe, args.prompts)
 
     def cond(prompts):
         texts = encode_for(pipe.dit, pipe.encoders, prompts)

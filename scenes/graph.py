@@ -107,8 +107,9 @@ def _fits(cx: float, cy: float, r: float, w: int, h: int, placed: list[tuple[flo
 def generate_scene(scene_id: str, seed: int, size: tuple[int, int] | None = None, text_probability: float = 0.3,
                    max_groups: int = 3, object_sizes: tuple[str, ...] = tuple(SIZES), max_count: int = 4) -> Scene:
     """A random scene, fully determined by `seed` (and `size`, `max_groups`, `max_count` when given).
-    `max_count` caps the shapes per group (1: every group is one shape); it draws the same random
-    numbers whatever its value, so a scene keeps its colours, shapes and places when only it changes."""
+    `max_count` caps the shapes per group (1: every group is one shape). The count is still drawn, so
+    the first group keeps its colour, shape, size and first place and the scene its ground when only
+    `max_count` changes; later groups and the word may land elsewhere (fewer places were drawn)."""
     rng = random.Random(seed)
     width, height = size or rng.choice(DEFAULT_SIZES)
     background = rng.choice(list(BACKGROUNDS))
