@@ -27,7 +27,9 @@ Steps of the study:
   arm's lr for the full runs. Full length by default: the winner is the arm's seed-0 run, and a
   finished seed-0 run at one of the lrs is not trained again. A best lr at the grid's edge is
   followed by one more factor of 2 past it (twice at most); a run the trainer stops is recorded
-  as diverged. The single-layer arm's layer is picked the same way (--layers); the caption-level
+  as diverged. A finished sweep is used by later invocations whatever --lrs they pass, unless
+  they sweep that arm again (`--sweep` with it in --arms): then its grid must be theirs, else
+  the arm is searched again (its finished sweep runs are reused). The single-layer arm's layer is picked the same way (--layers); the caption-level
   arms take sparse's lr. The pick is then confirmed on a second training seed (--confirm-seed,
   the arm's seed-1 run): its held-out loss there must beat the next lower lr's on seed 0, else
   the pick falls back to the lower lrs (a pick on one seed can sit at the edge of stability:
@@ -304,15 +306,28 @@ class Study:
         local = self.work / "sweeps" / arm / "picked.json"
         if local.exists():
             saved = json.loads(local.read_text())
-            if saved.get("settings") == self.sweep_settings(arm):
+            if self.same_sweep(arm, saved.get("settings")):
                 return saved["picked"]
         archived = self.archive / arm / "sweep.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
-            if saved["settings"] == self.sweep_settings(arm):
+            if self.same_sweep(arm, saved["settings"]):
                 return saved["picked"]
             print(f"{archived}: made with other settings, not reused", flush=True)
         return {}
+
+    def same_sweep(self, arm: str, settings: dict | None) -> bool:
+        """Whether a saved sweep counts as this arm's. The grid it searched (--lrs, --layers) must be
+        the one asked for only when this invocation sweeps the arm (--sweep, the arm in --arms);
+        otherwise (a report, full runs, another arm's sweep) its pick is used whatever grid found it:
+        the pick's record lists the lrs it tried."""
+        if settings is None:
+            return False
+        want = self.sweep_settings(arm)
+        if getattr(self.args, "sweep", False) and arm in getattr(self.args, "arms", ()):
+            return settings == want
+        grid = ("lrs", "layers")
+        return {k: v for k, v in settings.items() if k not in grid} == {k: v for k, v in want.items() if k not in grid}
 
     def picked(self, arm: str) -> dict:
         """What the arm's complete sweep picked (confirmed on a second seed); {} when none."""

@@ -291,6 +291,18 @@ def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
     assert study.arm_overrides("last_layer")[0] == ["model.dit.conditioning=last_layer"]  # the recipe's lr: no override
     again, trained_again = study_for("w2", {})  # a new workdir: the archive's pick, nothing trained
     assert again.sweep("last_layer") == picked and trained_again == []
+    # an invocation that does not sweep the arm uses its pick whatever grid it passes (a report, full
+    # runs, another arm's sweep); one that sweeps this arm with another grid searches again
+    other_grid, _ = study_for("w2b", {})
+    other_grid.args.lrs = [r, r * 2, r * 4]
+    assert other_grid.picked("last_layer") == picked
+    other_grid.args.sweep, other_grid.args.arms = True, ["sparse"]
+    assert other_grid.picked("last_layer") == picked
+    other_grid.args.arms = ["last_layer"]
+    assert other_grid.picked("last_layer") == {}
+    other_grid.args.steps = other_grid.args.sweep_steps = 1400  # other settings than the grid: never its pick
+    other_grid.args.sweep = False
+    assert other_grid.picked("last_layer") == {}
 
     # an lr that wins on seed 0 and fails on seed 1 (the edge of stability) gives way to the lower lrs:
     # x4 is tried past the grid's edge and diverges; x2 wins on seed 0, is worse than x1 on seed 1;
