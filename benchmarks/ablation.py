@@ -27,10 +27,10 @@ Steps of the study:
   arm's lr for the full runs. Full length by default: the winner is the arm's seed-0 run, and a
   finished seed-0 run at one of the lrs is not trained again. A best lr at the grid's edge is
   followed by one more factor of 2 past it (twice at most); a run the trainer stops is recorded
-  as diverged. A finished sweep is used by later invocations whatever --lrs they pass, unless
-  they sweep that arm again (`--sweep` with it in --arms): then its grid must be theirs, else
-  the arm is searched again (its finished sweep runs are reused). The single-layer arm's layer is picked the same way (--layers); the caption-level
-  arms take sparse's lr. The pick is then confirmed on a second training seed (--confirm-seed,
+  as diverged. The single-layer arm's layer is picked the same way (--layers); the caption-level
+  arms take sparse's lr. A finished sweep is used by later invocations whatever --lrs/--layers
+  they pass, unless they sweep that arm again (`--sweep` with it in --arms): then its grid must
+  be theirs, else the arm is searched again (its finished sweep runs are reused). The pick is then confirmed on a second training seed (--confirm-seed,
   the arm's seed-1 run): its held-out loss there must beat the next lower lr's on seed 0, else
   the pick falls back to the lower lrs (a pick on one seed can sit at the edge of stability:
   RESULTS.md, the study's third sitting). The pick is archived too (ARM/sweep.json.gz). Without a
@@ -324,10 +324,10 @@ class Study:
         if settings is None:
             return False
         want = self.sweep_settings(arm)
-        if getattr(self.args, "sweep", False) and arm in getattr(self.args, "arms", ()):
+        if self.args.sweep and arm in self.args.arms:
             return settings == want
-        grid = ("lrs", "layers")
-        return {k: v for k, v in settings.items() if k not in grid} == {k: v for k, v in want.items() if k not in grid}
+        without_grid = lambda d: {k: v for k, v in d.items() if k not in ("lrs", "layers")}  # noqa: E731
+        return without_grid(settings) == without_grid(want)
 
     def picked(self, arm: str) -> dict:
         """What the arm's complete sweep picked (confirmed on a second seed); {} when none."""

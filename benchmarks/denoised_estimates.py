@@ -64,9 +64,9 @@ def shape_scenes(pipe, n: int):
     return specs, pixels, pipe.codec.encode(pixels.float() / 127.5 - 1)
 
 
-def mass_vs_area(pipe, cond, n: int, sigmas: list[float]) -> None:
+def mass_vs_area(pipe, cond, scenes, sigmas: list[float]) -> None:
     """How much the shape word moves the estimate's mass, against how much it changes the area."""
-    specs, pixels, x0 = shape_scenes(pipe, n)
+    specs, pixels, x0 = scenes
     background = (pixels[:, :, 0, 0].float() / 127.5 - 1)[:, :, None, None]  # every scene's corner is its ground
     right, changed = cond([s.prompt for s in specs]), cond([other_shape(s.prompt) for s in specs])
     area = np.log([AREA[shape_of(other_shape(s.prompt))] / AREA[shape_of(s.prompt)] for s in specs])
@@ -86,9 +86,9 @@ def mass_vs_area(pipe, cond, n: int, sigmas: list[float]) -> None:
         print(f"  sigma {sigma:5.2f}: correlation {np.corrcoef(ratio, area)[0, 1]:.2f}, slope {np.polyfit(area, ratio, 1)[0]:.2f}; {per_change}")
 
 
-def sampled_areas(pipe, cond, n: int, guidance: float, steps: int) -> None:
+def sampled_areas(pipe, cond, scenes, guidance: float, steps: int) -> None:
     """Object pixels of plain samples (from sigma_max) per named shape."""
-    specs, _, x0 = shape_scenes(pipe, n)
+    specs, _, x0 = scenes
     right, empty = cond([s.prompt for s in specs]), cond([""] * len(specs))
     shape = x0.shape
     pixels: dict[str, list[float]] = {}
@@ -152,9 +152,10 @@ def main() -> None:
                 grid.paste(tile, (k * w * z, (r * len(specs) + i) * h * z))
     grid.save(args.out)
     if args.mass_prompts:
+        scenes = shape_scenes(pipe, args.mass_prompts)  # rendered once for both measures
         with torch.no_grad():
-            mass_vs_area(pipe, cond, args.mass_prompts, [s for s in args.sigmas if s >= 4] or args.sigmas)
-            sampled_areas(pipe, cond, args.mass_prompts, args.guidance, args.steps)
+            mass_vs_area(pipe, cond, scenes, [s for s in args.sigmas if s >= 4] or args.sigmas)
+            sampled_areas(pipe, cond, scenes, args.guidance, args.steps)
     print(f"wrote {args.out}: rows = sigma {args.sigmas} x prompts {[s.prompt for s in specs]}; columns = {list(COLUMNS)}")
 
 

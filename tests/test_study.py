@@ -263,7 +263,7 @@ def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
         """losses: {(lr factor, seed): held-out loss}, or (layer, factor, seed) for the layer sweep."""
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
                                per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28], curves=[],
-                               lrs=[r / 2, r, r * 2], sweep_steps=steps, confirm_seed=1)
+                               lrs=[r / 2, r, r * 2], sweep_steps=steps, confirm_seed=1, sweep=False, arms=[])
         study = ablation.Study(args)
         trained, runs = [], {}
 
