@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--per-category", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--p-mean", type=float, default=0.5, help="training ln(sigma) mean (the demo's: 0.5; EDM's: -1.2)")
+    ap.add_argument("--p-std", type=float, default=1.5, help="training ln(sigma) spread (the demo's: 1.5; EDM's: 1.2)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,8 @@ def main() -> None:
     pixels, labels = single_object_scenes(args.corpus, size)
     x_all = (pixels.float() / 127.5 - 1) * SCALE
     print(f"{len(labels)} one-object scenes at {size[0]}x{size[1]}")
-    edm = EDM(EDMConfig(sigma_data=1.0, p_mean=0.5, p_std=1.5, sigma_min=0.1))  # the demo's (jobs/configs/train/demo.yaml)
+    # the demo's EDM settings by default (jobs/configs/train/demo.yaml)
+    edm = EDM(EDMConfig(sigma_data=1.0, p_mean=args.p_mean, p_std=args.p_std, sigma_min=0.1))
     net = ConditionedUNet(tuple(args.channels), args.layers_per_block)
     ema = ConditionedUNet(tuple(args.channels), args.layers_per_block)
     ema.load_state_dict(net.state_dict())
@@ -142,7 +145,7 @@ def main() -> None:
     calib = calibrate(size)
     specs = make_specs(args.per_category, size=size, categories=("colour", "shape"))
     result, rows = {"train_s": round(train_s, 1), "params": params, "steps": args.steps, "batch": args.batch,
-                    "lr": args.lr, "channels": args.channels}, {}
+                    "lr": args.lr, "channels": args.channels, "p_mean": args.p_mean, "p_std": args.p_std}, {}
     per_shape = {s: [0, 0] for s in SHAPES}
     clean, grid_images, grid_labels = [], [], []
     for category in ("colour", "shape"):
