@@ -22,10 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CATEGORIES = ["colour", "shape", "count", "position", "binding"]
-DRAWN = ["mean", "shape", "count", "position", "clean scenes"]
 
 
-def score(run: Path, out: Path, overrides: list[str]) -> list[dict]:
+def drawn(categories: list[str]) -> list[str]:
+    """The lines of the plot: the mean, every scored category but colour and binding, clean scenes."""
+    return ["mean"] + [c for c in categories if c not in ("colour", "binding")] + ["clean scenes"]
+
+
+def score(run: Path, out: Path, overrides: list[str], categories: list[str]) -> list[dict]:
     from jobs.eval_scenes import evaluate, load_eval_config
 
     cfg = load_eval_config(None, overrides)
@@ -39,18 +43,18 @@ def score(run: Path, out: Path, overrides: list[str]) -> list[dict]:
         images = json.loads((ckpt / "inference.json").read_text())["images"]
         model = report["model"]
         points.append({"step": int(ckpt.name.split("_")[1]), "images": images,
-                       **{c: model[c]["accuracy"] for c in CATEGORIES if c in model},
+                       **{c: model[c]["accuracy"] for c in categories if c in model},
                        "mean": model["overall"]["accuracy"], "mean_ci95": model["overall"]["ci95"],
                        "clean scenes": report["quality"]["model"]["accuracy"]})
     return points
 
 
-def table(points: list[dict]) -> str:
-    lines = ["| images seen | " + " | ".join(CATEGORIES) + " | mean [95%] | clean scenes |",
-             "|---" * (len(CATEGORIES) + 3) + "|"]
+def table(points: list[dict], categories: list[str]) -> str:
+    lines = ["| images seen | " + " | ".join(categories) + " | mean [95%] | clean scenes |",
+             "|---" * (len(categories) + 3) + "|"]
     for p in points:
         lo, hi = p["mean_ci95"]
-        cells = [f"{p[c]:.0%}" if c in p else "-" for c in CATEGORIES]
+        cells = [f"{p[c]:.0%}" if c in p else "-" for c in categories]
         lines.append(f"| {p['images']:,} | " + " | ".join(cells) + f" | {p['mean']:.1%} [{lo:.2f},{hi:.2f}] | "
                      f"{p['clean scenes']:.0%} |")
     return "\n".join(lines)
@@ -63,20 +67,23 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=20)
     ap.add_argument("--seeds", default="0", help="sampling seeds, comma-separated")
     ap.add_argument("--steps", type=int, default=16, help="Heun sampler steps")
+    ap.add_argument("--categories", nargs="+", default=CATEGORIES, choices=CATEGORIES,
+                    help="in-distribution categories to score (the mean is over these); e.g. colour shape for a "
+                         "corpus of single shapes")
     a = ap.parse_args()
     out = a.out or a.run / "curve"
     overrides = [f"per_category={a.per_category}", f"seeds=[{a.seeds}]", f"steps={a.steps}",
-                 f"categories=[{','.join(CATEGORIES)}]"]
-    points = score(a.run, out, overrides)
+                 f"categories=[{','.join(a.categories)}]"]
+    points = score(a.run, out, overrides, a.categories)
     if not points:
         raise SystemExit(f"no checkpoints under {a.run / 'checkpoints'}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps({"run": str(a.run), "eval": overrides, "points": points}, indent=1))
     from benchmarks.ablation import plot_curves
 
-    plot_curves({name: [[{"images": p["images"], "mean": p[name]} for p in points]] for name in DRAWN},
+    plot_curves({name: [[{"images": p["images"], "mean": p[name]} for p in points]] for name in drawn(a.categories)},
                 out / "curve.png", title=f"eval scenes vs training images: {a.run.name}")
-    print(table(points))
+    print(table(points, a.categories))
     print(f"\n{out / 'curve.png'}")
 
 

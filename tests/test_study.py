@@ -409,3 +409,9 @@ def test_the_demo_curve_reads_each_checkpoints_report_and_draws_it(tmp_path):
 
     with Image.open(run / "curve" / "curve.png") as img:
         assert len(img.convert("RGB").getcolors(1 << 16)) > 3
+    # a corpus of single shapes is scored on colour and shape only: the table has those columns
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_curve.py"), str(run), "--categories",
+                          "colour", "shape"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| images seen | colour | shape | mean [95%] | clean scenes |" in out.stdout
+    assert "| 22,400 | 50% | 50% | 50.0% [0.40,0.60] | 25% |" in out.stdout
