@@ -30,11 +30,12 @@ Steps of the study:
   as diverged. The single-layer arm's layer is picked the same way (--layers); the caption-level
   arms take sparse's lr. A finished sweep is used by later invocations whatever --lrs/--layers
   they pass, unless they sweep that arm again (`--sweep` with it in --arms): then its grid must
-  be theirs, else the arm is searched again (its finished sweep runs are reused). The pick is then confirmed on a second training seed (--confirm-seed,
-  the arm's seed-1 run): its held-out loss there must beat the next lower lr's on seed 0, else
-  the pick falls back to the lower lrs (a pick on one seed can sit at the edge of stability:
-  RESULTS.md, the study's third sitting). The pick is archived too (ARM/sweep.json.gz). Without a
-  finished sweep an arm trains at the recipe's lr, and the table's lr column says so.
+  be theirs, else the arm is searched again (its finished sweep runs are reused). The pick is
+  then confirmed on a second training seed (--confirm-seed, the arm's seed-1 run): its held-out
+  loss there must beat the next lower lr's on seed 0, else the pick falls back to the lower lrs
+  (a pick on one seed can sit at the edge of stability: RESULTS.md, the study's third sitting).
+  The pick is archived too (ARM/sweep.json.gz). Without a finished sweep an arm trains at the
+  recipe's lr, and the table's lr column says so.
 - the full runs, `--seeds` each.
 - the report: per arm, the categories' accuracy pooled over seeds, the mean with a bootstrap
   interval over prompts and training runs, the clean-scene rate (image quality, beside the
@@ -326,8 +327,8 @@ class Study:
         want = self.sweep_settings(arm)
         if self.args.sweep and arm in self.args.arms:
             return settings == want
-        without_grid = lambda d: {k: v for k, v in d.items() if k not in ("lrs", "layers")}  # noqa: E731
-        return without_grid(settings) == without_grid(want)
+        grid = ("lrs", "layers")
+        return {k: v for k, v in settings.items() if k not in grid} == {k: v for k, v in want.items() if k not in grid}
 
     def picked(self, arm: str) -> dict:
         """What the arm's complete sweep picked (confirmed on a second seed); {} when none."""

@@ -33,16 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import UNet2DModel  # noqa: E402
 
-from model.config import EDMConfig  # noqa: E402
 from model.edm import EDM  # noqa: E402
 from scenes.analyse import calibrate, check, clean_scene, facts_from_image  # noqa: E402
 from scenes.eval_prompts import make_specs  # noqa: E402
+from jobs.profiles import config_path  # noqa: E402
 from scenes.graph import COLORS, SHAPES  # noqa: E402
 from trainer.buckets import resize_to_bucket  # noqa: E402
+from trainer.config import load_config  # noqa: E402
 from trainer.sampling import save_grid  # noqa: E402
+from trainer.train import model_configs  # noqa: E402
 
 COLOUR_NAMES = list(COLORS)
-SCALE = 1.333  # the demo's pixel codec scale: scene pixels at about unit variance
 
 
 def single_object_scenes(corpus: str, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,19 +94,23 @@ def main() -> None:
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--per-category", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--p-mean", type=float, default=0.5, help="training ln(sigma) mean (the demo's: 0.5; EDM's: -1.2)")
-    ap.add_argument("--p-std", type=float, default=1.5, help="training ln(sigma) spread (the demo's: 1.5; EDM's: 1.2)")
+    ap.add_argument("--p-mean", type=float, help="training ln(sigma) mean (default: the demo's, 0.5; EDM's: -1.2)")
+    ap.add_argument("--p-std", type=float, help="training ln(sigma) spread (default: the demo's, 1.5; EDM's: 1.2)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     size = (32, 32)
 
+    # the demo's pixel scale and EDM settings (jobs/configs/train/demo.yaml), the noise distribution overridable
+    _, _, codec, edm_cfg = model_configs(load_config(config_path("train", "demo")))
+    scale = codec.scale
+    edm_cfg.p_mean = edm_cfg.p_mean if args.p_mean is None else args.p_mean
+    edm_cfg.p_std = edm_cfg.p_std if args.p_std is None else args.p_std
+    edm = EDM(edm_cfg)
     pixels, labels = single_object_scenes(args.corpus, size)
-    x_all = (pixels.float() / 127.5 - 1) * SCALE
+    x_all = (pixels.float() / 127.5 - 1) * scale
     print(f"{len(labels)} one-object scenes at {size[0]}x{size[1]}")
-    # the demo's EDM settings by default (jobs/configs/train/demo.yaml)
-    edm = EDM(EDMConfig(sigma_data=1.0, p_mean=args.p_mean, p_std=args.p_std, sigma_min=0.1))
     net = ConditionedUNet(tuple(args.channels), args.layers_per_block)
     ema = ConditionedUNet(tuple(args.channels), args.layers_per_block)
     ema.load_state_dict(net.state_dict())
@@ -144,8 +149,8 @@ def main() -> None:
 
     calib = calibrate(size)
     specs = make_specs(args.per_category, size=size, categories=("colour", "shape"))
-    result, rows = {"train_s": round(train_s, 1), "params": params, "steps": args.steps, "batch": args.batch,
-                    "lr": args.lr, "channels": args.channels, "p_mean": args.p_mean, "p_std": args.p_std}, {}
+    result = {"train_s": round(train_s, 1), "params": params, "steps": args.steps, "batch": args.batch,
+              "lr": args.lr, "channels": args.channels, "p_mean": edm_cfg.p_mean, "p_std": edm_cfg.p_std}
     per_shape = {s: [0, 0] for s in SHAPES}
     clean, grid_images, grid_labels = [], [], []
     for category in ("colour", "shape"):
@@ -153,11 +158,11 @@ def main() -> None:
         hits = []
         for seed in (0, 1):
             for spec in cat_specs:
-                colour, shape = spec.prompt.split()[1:3]
+                colour, shape = spec.scene.objects[0].color, spec.scene.objects[0].shape  # the one object named
                 lab = torch.tensor([[COLOUR_NAMES.index(colour), SHAPES.index(shape)]])
                 noise = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(seed))
                 x = edm.sample(ema, noise.shape, (lab,), (null[None],), steps=16, guidance=3.0, noise=noise)
-                img = ((x[0] / SCALE).clamp(-1, 1).add(1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                img = ((x[0] / scale).clamp(-1, 1).add(1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
                 image = Image.fromarray(img)
                 facts = facts_from_image(image, calib)
                 ok = check(spec, facts)
@@ -167,10 +172,9 @@ def main() -> None:
                     per_shape[shape][0] += ok
                     per_shape[shape][1] += 1
                     if len(grid_images) < 24:
-                        grid_images.append((x[0] / SCALE).clamp(-1, 1))
+                        grid_images.append((x[0] / scale).clamp(-1, 1))
                         grid_labels.append(f"{spec.prompt[2:]}{' +' if ok else ''}")
-        rows[category] = float(np.mean(hits))
-    result.update(rows)
+        result[category] = float(np.mean(hits))
     result["per_shape_right"] = {s: f"{a}/{n}" for s, (a, n) in per_shape.items()}
     result["clean_scenes"] = float(np.mean(clean))
     save_grid(torch.stack(grid_images), 4, 6, out / "grid_shape.png", labels=grid_labels)
