@@ -5,6 +5,14 @@ prompts, with training seeds, paired tests and parameters/FLOPs per arm.
     .venv/bin/python benchmarks/ablation.py --workdir /tmp/study --arms sparse one_to_one --seeds 0
     .venv/bin/python benchmarks/ablation.py --workdir /tmp/study --report             # table from what is done
     .venv/bin/python benchmarks/ablation.py --list                                    # the arms
+    .venv/bin/python benchmarks/ablation.py --corpus single_shape --workdir /tmp/shapes --arms sparse last_layer --seeds 0
+
+Two corpora (--corpus): `demo`, the demo's data and 1,400-step budget, where no arm learns the
+shapes' outlines; and `single_shape`, one large shape per scene for 14,000 steps, where the demo's
+recipe draws the named shapes (RESULTS.md), scored on colour and shape prompts, with learning
+curves of shape accuracy for every arm, its runs archived in benchmarks/ablation_runs/single_shape.
+Ten times the steps leave no room for a sweep per arm on it: its arms train at the lrs their sweeps
+on the demo corpus picked (--lrs-from; the table's lr column says so). A workdir holds one corpus.
 
 Every arm is the demo's recipe (jobs/configs/train/demo.yaml: the real SmolLM2-135M, 32x32 pixels,
 Mix-FFN, cosine lr, the same steps, batch and data) and differs only in its overrides, printed by
@@ -96,6 +104,39 @@ ARMS: dict[str, Arm] = {
 
 
 DEMO_CONFIG = ROOT / "jobs" / "configs" / "train" / "demo.yaml"
+ARCHIVE = ROOT / "benchmarks" / "ablation_runs"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The data and budget a study trains every arm on, and what its eval scores."""
+    label: str
+    make: tuple[str, ...]  # `deepfusion scenes make` options besides n
+    n: int  # scenes
+    steps: int  # per full run (batch 16: the demo recipe's)
+    categories: tuple[str, ...] | None  # eval and held-out categories; None: every category
+    curve_every: int  # steps between learning-curve points
+    curve_prompts: int  # eval prompts per category at a curve point
+    archive: Path  # where its finished runs are kept
+    curves: tuple[str, ...] | None  # arms with learning curves; None: every arm
+    curve_metric: str = "mean"  # what learning_curves.png plots: the eval mean or one category
+    lrs_from: Path | None = None  # an arm without a sweep of this study's takes its pick from this archive's sweep
+
+
+CORPORA: dict[str, Corpus] = {
+    # the demo's corpus (jobs/commands/demo.py) without its faults and duplicates, at the demo's budget
+    "demo": Corpus("the demo's: 1-2 object groups of 1-3 shapes, 1,400 steps",
+                   ("max_groups=2", "text_probability=0"), 2000, 1400, None, 350, 16, ARCHIVE,
+                   ("one_to_one", "sparse")),
+    # where the demo's recipe draws the named shapes (RESULTS.md, issue 20's eleventh sitting: shape
+    # 82-88% after 180-224k images, at chance on the demo's budget); colour and shape prompts only.
+    # Ten times the demo's steps are too many for an lr sweep per arm here: each arm trains at the
+    # lr its sweep on the demo corpus picked.
+    "single_shape": Corpus("one large shape per 256x256 scene, 14,000 steps (224,000 images)",
+                           ("seed=6", "max_groups=1", "max_count=1", "text_probability=0", "object_sizes=[large]",
+                            "sizes=[[256,256]]"), 8192, 14000, ("colour", "shape"), 2800, 40,
+                           ARCHIVE / "single_shape", None, "shape", lrs_from=ARCHIVE),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,7 +219,8 @@ class Study:
         self.args = args
         self.work = Path(args.workdir).resolve()
         self.dataset = self.work / "dataset"
-        self.archive = Path(args.archive).resolve()
+        self.corpus = CORPORA[args.corpus]
+        self.archive = Path(args.archive or self.corpus.archive).resolve()
         self.cli = [sys.executable, "-m", "jobs.cli"]
 
     # -- finished runs, in the workdir or the archive --------------------------------------
@@ -188,8 +230,9 @@ class Study:
         from scenes.analyse import ANALYSER
 
         a = self.args
+        corpus = {} if a.corpus == "demo" else {"corpus": a.corpus, "categories": list(self.corpus.categories or [])}
         return {"n": a.n, "steps": a.steps, "per_category": a.per_category, "eval_seeds": list(a.eval_seeds),
-                "heldout": a.heldout, "analyser": ANALYSER}
+                "heldout": a.heldout, **corpus, "analyser": ANALYSER}
 
     def config_for(self, overrides: list[str]) -> str:
         """The training config a run with these overrides gets, as a fingerprint. A run is reused
@@ -229,14 +272,18 @@ class Study:
         result = self.work / "runs" / arm / f"seed{seed}" / "result.json"
         if result.exists():
             out = json.loads(result.read_text())
-            current = self.settings()["analyser"]
+            settings = self.settings()
+            current = settings["analyser"]
             # no settings: an older run of this study, scored as now; settings without an analyser:
             # scored before the analyser was named (the bounding-box fill rule)
-            analyser = out["settings"].get("analyser") if "settings" in out else current
-            if out.get("config") == want and analyser == current:
+            saved = out.get("settings", settings)
+            analyser = saved.get("analyser")
+            same_eval = {k: v for k, v in saved.items() if k != "analyser"} == {k: v for k, v in settings.items() if k != "analyser"}
+            if out.get("config") == want and analyser == current and same_eval:
                 return out, json.loads(Path(out["report"]).read_text())
             if say and out.get("config") == want:  # the trained run stays: only its eval is made again
-                print(f"{result}: scored by another analyser ({analyser or 'bbox-fill'}), evaluated again", flush=True)
+                why = "with other study settings" if not same_eval else f"by another analyser ({analyser or 'bbox-fill'})"
+                print(f"{result}: scored {why}, evaluated again", flush=True)
         archived = self.archive / arm / f"seed{seed}.json.gz"
         if archived.exists():
             saved = json.loads(gzip.decompress(archived.read_bytes()))
@@ -255,13 +302,17 @@ class Study:
 
     # -- data ------------------------------------------------------------------------------
     def make_data(self) -> None:
-        if (self.dataset / "manifest.json").exists():
-            return
-        corpus = self.work / "corpus"
-        # the demo's corpus (jobs/commands/demo.py) without its faults and duplicates
-        subprocess.run([*self.cli, "scenes", "make", str(corpus), f"n={self.args.n}", "max_groups=2",
-                        "text_probability=0"], check=True)
-        subprocess.run([*self.cli, "scenes", "dataset", str(corpus), str(self.dataset)], check=True)
+        """The workdir's dataset, made once; a workdir holds one corpus (its runs resume on it)."""
+        made = self.work / "corpus.json"
+        want = {"corpus": self.args.corpus, "n": self.args.n, "make": list(self.corpus.make)}
+        if made.exists() and json.loads(made.read_text()) != want:
+            raise SystemExit(f"{self.work} holds another corpus ({made.read_text().strip()}); "
+                             f"give --corpus {self.args.corpus} a workdir of its own")
+        if not (self.dataset / "manifest.json").exists():
+            corpus = self.work / "corpus"
+            subprocess.run([*self.cli, "scenes", "make", str(corpus), f"n={self.args.n}", *self.corpus.make], check=True)
+            subprocess.run([*self.cli, "scenes", "dataset", str(corpus), str(self.dataset)], check=True)
+        made.write_text(json.dumps(want) + "\n")
 
     # -- one training run ------------------------------------------------------------------
     def train(self, run_dir: Path, overrides: list[str], steps: int, seed: int, keep: int = 1) -> float:
@@ -331,9 +382,17 @@ class Study:
         return {k: v for k, v in settings.items() if k not in grid} == {k: v for k, v in want.items() if k not in grid}
 
     def picked(self, arm: str) -> dict:
-        """What the arm's complete sweep picked (confirmed on a second seed); {} when none."""
+        """What the arm's complete sweep picked (confirmed on a second seed); without one, the pick
+        of the arm's sweep in the corpus's --lrs-from archive (marked `transferred`); {} when none."""
         record = self.sweep_record(arm)
-        return record if "confirm" in record else {}
+        if "confirm" in record:
+            return record
+        source = self.args.lrs_from and Path(self.args.lrs_from) / arm / "sweep.json.gz"
+        if source and source.exists():
+            picked = json.loads(gzip.decompress(source.read_bytes()))["picked"]
+            if "confirm" in picked:
+                return {**picked, "transferred": shown_path(Path(self.args.lrs_from))}
+        return {}
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arm: str) -> dict:
@@ -348,8 +407,9 @@ class Study:
         if ARMS[arm].lr_from:
             print(f"sweep {arm}: not swept, it trains at {ARMS[arm].lr_from}'s lr", flush=True)
             return self.arm_overrides(arm)[1]
-        if self.picked(arm):
-            return self.picked(arm)
+        own = self.sweep_record(arm)
+        if "confirm" in own:
+            return own
         out = self.work / "sweeps" / arm
         full = self.args.sweep_steps == self.args.steps
         before = {(t["lr"], t["layer"]): t for t in self.sweep_record(arm).get("tried", [])}  # an unfinished sweep's
@@ -507,13 +567,15 @@ class Study:
     def eval_config(self, per_category: int | None = None):
         from jobs.eval_scenes import EvalConfig
 
+        categories = {"categories": list(self.corpus.categories)} if self.corpus.categories else {}
         return EvalConfig(per_category=per_category or self.args.per_category, seeds=list(self.args.eval_seeds),
-                          steps=16, unconditional=8)
+                          steps=16, unconditional=8, **categories)
 
     def heldout(self, run_dir: Path) -> dict:
         from jobs.eval_scenes import heldout_loss
 
-        return heldout_loss(str(run_dir), prompts=self.args.heldout)
+        categories = {"categories": self.corpus.categories} if self.corpus.categories else {}
+        return heldout_loss(str(run_dir), prompts=self.args.heldout, **categories)
 
     def curve(self, run_dir: Path) -> list[dict]:
         """Eval mean (fewer prompts) at every kept checkpoint: the learning curve."""
@@ -523,7 +585,9 @@ class Study:
         for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
             step = int(ckpt.name.split("_")[1])
             report = evaluate(str(ckpt), self.eval_config(self.args.curve_prompts))
-            points.append({"step": step, "images": step * 16, "mean": report["model"]["overall"]["accuracy"]})
+            model = report["model"]
+            points.append({"step": step, "images": step * 16, "mean": model["overall"]["accuracy"],
+                           "categories": {c: model[c]["accuracy"] for c in model["overall"]["categories"]}})
         return points
 
     def cost(self, run_dir: Path) -> dict:
@@ -584,7 +648,11 @@ class Study:
         self.work.mkdir(parents=True, exist_ok=True)  # a sitting that has only the archive
         (self.work / "study.json").write_text(json.dumps(study, indent=1) + "\n")
         if study["curves"]:
-            plot_curves(study["curves"], self.work / "learning_curves.png")
+            metric = self.corpus.curve_metric
+            curves = study["curves"] if metric == "mean" else {
+                a: [[{**p, "mean": p["categories"][metric]} for p in run] for run in runs] for a, runs in study["curves"].items()}
+            plot_curves(curves, self.work / "learning_curves.png",
+                        title="eval scenes mean (in-distribution categories)" if metric == "mean" else f"eval scenes: {metric}")
         print(format_table(study))
         return study
 
@@ -617,10 +685,18 @@ def _mean_sd(values: list[float]) -> list[float]:
     return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
 
 
+def shown_path(path: Path) -> str:
+    """A path as the report prints it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def lr_text(picked: dict) -> str:
     """The lr a run trained at and where it came from (its arm's sweep, another arm's, the recipe)."""
     lr = f"{picked.get('lr', recipe_lr()):g}"
     where = f"{picked['from']}'s pick" if "from" in picked else "swept" if "tried" in picked else "recipe, not swept"
+    if "transferred" in picked:
+        where += f" at {picked['steps']:,} steps, {picked['transferred']}"
     dropped = [f"{c['lr']:g}" for c in picked.get("confirm", []) if not c["kept"]]
     if dropped:
         where += f"; {', '.join(dropped)} failed on seed {picked['confirm'][0]['seed']}"
@@ -691,12 +767,20 @@ def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/study")
-    ap.add_argument("--archive", default=str(ROOT / "benchmarks" / "ablation_runs"),
-                    help="finished runs (result + eval report) kept here and reused by later sittings")
+    ap.add_argument("--corpus", choices=list(CORPORA), default="demo",
+                    help="the data and budget every arm trains on; it sets the defaults of --n, --steps, "
+                         "--archive, --lrs-from, --curves, --curve-every and --curve-prompts: "
+                         + "; ".join(f"{k}: {c.label}" for k, c in CORPORA.items()))
+    ap.add_argument("--archive", default=None,
+                    help="finished runs (result + eval report) kept here and reused by later sittings "
+                         "(default: benchmarks/ablation_runs, and ablation_runs/CORPUS for another corpus)")
+    ap.add_argument("--lrs-from", default=None,
+                    help="an archive whose sweeps give the lr of an arm this study has not swept (default for "
+                         "single_shape: the demo corpus's, benchmarks/ablation_runs)")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per arm")
-    ap.add_argument("--n", type=int, default=2000, help="scenes in the training set (the demo's corpus size)")
-    ap.add_argument("--steps", type=int, default=1400, help="steps per full run (the demo's)")
+    ap.add_argument("--n", type=int, default=None, help="scenes in the training set (default: the corpus's)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per full run (default: the corpus's)")
     ap.add_argument("--per-category", type=int, default=40, help="held-out eval prompts per category")
     ap.add_argument("--eval-seeds", nargs="+", type=int, default=[0, 1], help="sampling seeds per eval prompt")
     ap.add_argument("--heldout", type=int, default=64, help="prompts in the held-out loss")
@@ -712,14 +796,20 @@ def main() -> None:
                          "lr's on seed 0); -1: no confirmation")
     ap.add_argument("--sweep-steps", type=int, default=None,
                     help="steps per sweep run (default: --steps, so the winner is the arm's seed-0 run)")
-    ap.add_argument("--curves", nargs="*", default=["one_to_one", "sparse"], help="arms with learning curves")
-    ap.add_argument("--curve-every", type=int, default=350, help="steps between learning-curve points")
-    ap.add_argument("--curve-prompts", type=int, default=16, help="eval prompts per category at a curve point")
+    ap.add_argument("--curves", nargs="*", default=None, help="arms with learning curves (default: the corpus's)")
+    ap.add_argument("--curve-every", type=int, default=None, help="steps between learning-curve points")
+    ap.add_argument("--curve-prompts", type=int, default=None, help="eval prompts per category at a curve point")
     ap.add_argument("--reference", default="sparse", help="the arm every other is compared with")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--report", action="store_true", help="only the table, from the finished runs")
     ap.add_argument("--list", action="store_true", help="print the arms and their overrides")
     args = ap.parse_args()
+    corpus = CORPORA[args.corpus]
+    for key, value in (("n", corpus.n), ("steps", corpus.steps), ("curve_every", corpus.curve_every),
+                       ("curve_prompts", corpus.curve_prompts), ("lrs_from", corpus.lrs_from),
+                       ("curves", list(ARMS) if corpus.curves is None else list(corpus.curves))):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.sweep_steps = args.sweep_steps or args.steps
     args.confirm_seed = None if args.confirm_seed < 0 else args.confirm_seed
 

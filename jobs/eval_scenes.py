@@ -232,12 +232,17 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: str | Path | None = None) ->
 
 
 def heldout_loss(checkpoint: str | Path, prompts: int = 64, prompt_seed: int = 4242, noise_seed: int = 0,
-                 levels: int = 7) -> dict:
+                 levels: int = 7, categories: tuple[str, ...] = tuple(IN_DISTRIBUTION)) -> dict:
     """The EDM denoising loss on held-out pairs, the same inputs for every checkpoint: eval-style
     prompts of the in-distribution categories (drawn with another seed than the benchmark's) with
     their own ground-truth renders, each at `levels` fixed noise levels (the training noise
     distribution's quantiles at z = -1.5 .. 1.5) with fixed noise. Lower is a better denoiser of
-    prompt-conditioned scenes; comparable between models of the same codec and EDM settings."""
+    prompt-conditioned scenes; comparable between models of the same codec and EDM settings.
+    `categories`: the in-distribution categories the prompts come from (a model trained on single
+    objects is scored on colour and shape prompts only)."""
+    unknown = set(categories) - set(IN_DISTRIBUTION)
+    if unknown or not categories:
+        raise ValueError(f"heldout_loss: categories must be a non-empty subset of {list(IN_DISTRIBUTION)}, got {list(categories)}")
     import torch
 
     from trainer.buckets import resize_to_bucket
@@ -245,8 +250,8 @@ def heldout_loss(checkpoint: str | Path, prompts: int = 64, prompt_seed: int = 4
 
     pipe = load_pipeline(checkpoint)
     h, w = pipe.resolution
-    per_category = max(1, math.ceil(prompts / len(IN_DISTRIBUTION)))
-    specs = make_specs(per_category, (w, h), prompt_seed, tuple(IN_DISTRIBUTION))[:prompts]
+    per_category = max(1, math.ceil(prompts / len(categories)))
+    specs = make_specs(per_category, (w, h), prompt_seed, tuple(categories))[:prompts]
     pixels = torch.stack([resize_to_bucket(render(s.scene), (h, w)) for s in specs]).to(pipe.device)
     x0 = pipe.codec.encode(pixels.float() / 127.5 - 1)
     cfg = pipe.edm.cfg

@@ -289,6 +289,11 @@ def test_two_llm_refiner_and_shared_kv_train_and_sample_end_to_end(tmp_path, tin
     assert first == again and first["prompts"] == 8 and len(first["per_sigma"]) == 7
     assert all(v > 0 and v == v for v in first["per_sigma"].values())
     assert heldout_loss(shared, prompts=8)["loss"] != first["loss"]
+    # a single-object study scores colour and shape prompts only: other inputs, another number
+    single = heldout_loss(two, prompts=8, categories=("colour", "shape"))
+    assert single["prompts"] == 8 and single["loss"] != first["loss"]
+    with pytest.raises(ValueError, match="categories"):
+        heldout_loss(two, prompts=8, categories=("style",))
 
 
 def test_kv_states_keep_every_token_on_sliding_window_layers(tmp_path):

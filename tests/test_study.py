@@ -173,6 +173,7 @@ def test_finished_runs_are_archived_and_reused_only_with_the_same_config(tmp_pat
 
     ablation = load_ablation()
     args = SimpleNamespace(workdir=str(tmp_path / "work"), archive=str(tmp_path / "archive"), n=2000, steps=1400,
+                           corpus="demo", lrs_from=None,
                            per_category=30, eval_seeds=[0, 1], heldout=64, layers=[28])
     study = ablation.Study(args)
     rng = np.random.default_rng(5)
@@ -262,6 +263,7 @@ def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
     def study_for(work, losses, diverging=(), steps=400):
         """losses: {(lr factor, seed): held-out loss}, or (layer, factor, seed) for the layer sweep."""
         args = SimpleNamespace(workdir=str(tmp_path / work), archive=str(tmp_path / "archive"), n=2000, steps=1400,
+                               corpus="demo", lrs_from=None,
                                per_category=40, eval_seeds=[0, 1], heldout=64, layers=[15, 28], curves=[],
                                lrs=[r / 2, r, r * 2], sweep_steps=steps, confirm_seed=1, sweep=False, arms=[])
         study = ablation.Study(args)
@@ -373,6 +375,79 @@ def test_the_sweep_picks_the_lowest_loss_confirmed_on_a_second_seed(tmp_path):
     assert run.exists() and not stale.exists()
     assert json.loads((run / "result.json").read_text())["report"] == str(run / "eval" / "report.json")
     assert layer_study.finished_with("single_layer", 0, overrides) is not None
+
+
+def test_a_study_on_the_single_shape_corpus_takes_the_demo_sweeps_lrs_and_keeps_its_own_runs(tmp_path):
+    """--corpus single_shape: arms without a sweep of their own train at their demo-corpus sweep's
+    pick (the table says where it came from); its runs are not the demo study's (other settings);
+    eval and held-out loss score colour and shape only; the curves PNG plots shape."""
+    import gzip
+    from types import SimpleNamespace
+
+    ablation = load_ablation()
+    corpus = ablation.CORPORA["single_shape"]
+    demo_archive = tmp_path / "demo_archive"
+    pick = {"lr": 0.004, "held_out_loss": 0.1, "steps": 1400, "tried": [{"lr": 0.002, "layer": None, "loss": 0.11},
+            {"lr": 0.004, "layer": None, "loss": 0.1}], "confirm": [{"lr": 0.004, "layer": None, "seed": 1,
+            "loss": 0.1, "bar": {"lr": 0.002, "loss": 0.11}, "kept": True}]}
+    (demo_archive / "last_layer").mkdir(parents=True)
+    (demo_archive / "last_layer" / "sweep.json.gz").write_bytes(gzip.compress(json.dumps({"settings": {}, "picked": pick}).encode()))
+
+    def study_for(name, lrs_from):
+        args = SimpleNamespace(workdir=str(tmp_path / "work"), archive=str(tmp_path / "archive"), n=corpus.n,
+                               steps=corpus.steps, corpus=name, lrs_from=lrs_from, per_category=40, eval_seeds=[0, 1],
+                               heldout=64, layers=[28], sweep=False, arms=[], lrs=[0.002], sweep_steps=corpus.steps,
+                               confirm_seed=1)
+        return ablation.Study(args)
+
+    study = study_for("single_shape", str(demo_archive))
+    overrides, picked = study.arm_overrides("last_layer")
+    assert "optim.lr=0.004" in overrides and picked["transferred"] == str(demo_archive)
+    assert "at 1,400 steps, " + str(demo_archive) in ablation.lr_text(picked)
+    assert study.arm_overrides("sparse") == ([], {})  # no sweep to take a pick from: the recipe's lr
+    assert study_for("single_shape", None).arm_overrides("last_layer")[1] == {}
+    assert study.settings()["corpus"] == "single_shape" and study.settings()["categories"] == ["colour", "shape"]
+    assert "corpus" not in study_for("demo", None).settings()  # the demo study's archived runs keep their settings
+    assert study.eval_config().categories == ["colour", "shape"]
+
+    # a finished run of the demo study's settings is not one of this study's
+    run = tmp_path / "work" / "runs" / "sparse" / "seed0"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "report.json").write_text(json.dumps(fake_report(lambda c, k, s: True)))
+    demo = study_for("demo", None)
+    (run / "result.json").write_text(json.dumps({"arm": "sparse", "seed": 0, "settings": demo.settings(),
+                                                 "config": study.config_for([]), "report": str(run / "eval" / "report.json")}))
+    write_run_config(run, ablation, [], steps=corpus.steps)
+    assert study.finished("sparse", 0) is None
+    # a workdir holds one corpus: its runs resume on its dataset
+    (tmp_path / "work" / "corpus.json").write_text(json.dumps({"corpus": "demo", "n": 2000, "make": []}))
+    with pytest.raises(SystemExit, match="another corpus"):
+        study.make_data()
+
+    # the report plots each curve point's shape accuracy
+    rng = np.random.default_rng(7)
+    for arm, p in (("sparse", 0.3), ("last_layer", 0.8)):
+        run = tmp_path / "runs" / arm / "seed0"
+        (run / "eval").mkdir(parents=True)
+        (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
+        curve = [{"step": s, "images": 16 * s, "mean": 0.9, "categories": {"colour": 1.0, "shape": p * s / 14000}}
+                 for s in (2800, 8400, 14000)]
+        (run / "result.json").write_text(json.dumps({
+            "arm": arm, "seed": 0, "settings": study.settings() | {"eval_seeds": [0, 1]},
+            "config": ablation.planned_fingerprint(tuple(ablation.ARMS[arm].overrides), corpus.steps),
+            "overrides": [], "picked": {}, "train_s": 1.0, "loss": 0.2, "dit_params": 1000,
+            "dit_train_gflops_per_sample": 0.5, "report": str(run / "eval" / "report.json"), "curve": curve}))
+        write_run_config(run, ablation, list(ablation.ARMS[arm].overrides), steps=corpus.steps)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--corpus", "single_shape",
+                          "--workdir", str(tmp_path), "--archive", str(tmp_path / "archive2"), "--lrs-from",
+                          str(tmp_path / "none"), "--report", "--n-boot", "200"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study_json = json.loads((tmp_path / "study.json").read_text())
+    assert study_json["steps"] == corpus.steps and set(study_json["curves"]) == {"sparse", "last_layer"}
+    from PIL import Image
+
+    with Image.open(tmp_path / "learning_curves.png") as img:
+        assert len(img.convert("RGB").getcolors(1 << 16)) > 3
 
 
 def test_repeated_prompt_texts_stay_separate_images():
