@@ -126,16 +126,17 @@ class Corpus:
 CORPORA: dict[str, Corpus] = {
     # the demo's corpus (jobs/commands/demo.py) without its faults and duplicates, at the demo's budget
     "demo": Corpus("the demo's: 1-2 object groups of 1-3 shapes, 1,400 steps",
-                   ("max_groups=2", "text_probability=0"), 2000, 1400, None, 350, 16, ARCHIVE,
-                   ("one_to_one", "sparse")),
+                   make=("max_groups=2", "text_probability=0"), n=2000, steps=1400, categories=None,
+                   curve_every=350, curve_prompts=16, archive=ARCHIVE, curves=("one_to_one", "sparse")),
     # where the demo's recipe draws the named shapes (RESULTS.md, issue 20's eleventh sitting: shape
     # 82-88% after 180-224k images, at chance on the demo's budget); colour and shape prompts only.
     # Ten times the demo's steps are too many for an lr sweep per arm here: each arm trains at the
     # lr its sweep on the demo corpus picked.
     "single_shape": Corpus("one large shape per 256x256 scene, 14,000 steps (224,000 images)",
-                           ("seed=6", "max_groups=1", "max_count=1", "text_probability=0", "object_sizes=[large]",
-                            "sizes=[[256,256]]"), 8192, 14000, ("colour", "shape"), 2800, 40,
-                           ARCHIVE / "single_shape", None, "shape", lrs_from=ARCHIVE),
+                           make=("seed=6", "max_groups=1", "max_count=1", "text_probability=0",
+                                 "object_sizes=[large]", "sizes=[[256,256]]"),
+                           n=8192, steps=14000, categories=("colour", "shape"), curve_every=2800, curve_prompts=40,
+                           archive=ARCHIVE / "single_shape", curves=None, curve_metric="shape", lrs_from=ARCHIVE),
 }
 
 
@@ -412,7 +413,7 @@ class Study:
             return own
         out = self.work / "sweeps" / arm
         full = self.args.sweep_steps == self.args.steps
-        before = {(t["lr"], t["layer"]): t for t in self.sweep_record(arm).get("tried", [])}  # an unfinished sweep's
+        before = {(t["lr"], t["layer"]): t for t in own.get("tried", [])}  # an unfinished sweep's
         tried = []
 
         def run(lr: float, layer: int | None) -> None:
@@ -567,15 +568,17 @@ class Study:
     def eval_config(self, per_category: int | None = None):
         from jobs.eval_scenes import EvalConfig
 
-        categories = {"categories": list(self.corpus.categories)} if self.corpus.categories else {}
         return EvalConfig(per_category=per_category or self.args.per_category, seeds=list(self.args.eval_seeds),
-                          steps=16, unconditional=8, **categories)
+                          steps=16, unconditional=8, **self.categories())
 
     def heldout(self, run_dir: Path) -> dict:
         from jobs.eval_scenes import heldout_loss
 
-        categories = {"categories": self.corpus.categories} if self.corpus.categories else {}
-        return heldout_loss(str(run_dir), prompts=self.args.heldout, **categories)
+        return heldout_loss(str(run_dir), prompts=self.args.heldout, **self.categories())
+
+    def categories(self) -> dict:
+        """The corpus's eval categories as keyword arguments; none: the eval's and held-out loss's defaults."""
+        return {"categories": list(self.corpus.categories)} if self.corpus.categories else {}
 
     def curve(self, run_dir: Path) -> list[dict]:
         """Eval mean (fewer prompts) at every kept checkpoint: the learning curve."""
