@@ -719,10 +719,10 @@ def format_table(study: dict) -> str:
         clean = "-" if row.get("clean_scenes") is None else f"{row['clean_scenes']:.0%}"
         lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | {lr_text(row['picked'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
                      + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {clean}"
-                     f" | {loss[0]:.4f} ± {loss[1]:.4f}"
-                     f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
+                     f" | {loss[0]:.4f}" + (f" ± {loss[1]:.4f}" if len(row["seeds"]) > 1 else "")
+                     + f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
     shown = [m for m in PROBES if any(m in row["probes"] for row in study["arms"].values())]
-    if shown:
+    if set(shown) - set(cats):  # a probe beyond the categories' own columns (long prompts, slots)
         lines += ["", "| arm (long prompts and slots, pooled over seeds) | " + " | ".join(shown) + " |",
                   "|---" * (len(shown) + 1) + "|"]
         for a, row in study["arms"].items():

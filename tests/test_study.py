@@ -115,7 +115,10 @@ def test_the_study_report_from_finished_runs(tmp_path):
         for seed in (0, 1):
             run = tmp_path / "runs" / arm / f"seed{seed}"
             (run / "eval").mkdir(parents=True)
-            (run / "eval" / "report.json").write_text(json.dumps(fake_report(bernoulli(p, rng))))
+            report = fake_report(bernoulli(p, rng))
+            if arm == "one_to_one":  # a long-prompt probe: the probes table only shows beyond the categories
+                report["model"]["colour_long"] = {"n": 10, "correct": 7}
+            (run / "eval" / "report.json").write_text(json.dumps(report))
             curve = [{"step": s, "images": 16 * s, "mean": p * s / 300} for s in (100, 200, 300)]
             (run / "result.json").write_text(json.dumps({
                 "arm": arm, "seed": seed, "config": ablation.planned_fingerprint(tuple(arms[arm].overrides), 1400),
@@ -133,8 +136,8 @@ def test_the_study_report_from_finished_runs(tmp_path):
     assert set(vs["mcnemar"]) == set(CATS) and all(v["p"] < 0.05 for v in vs["mcnemar"].values())
     assert "| one_to_one:" in out.stdout and "p=" in out.stdout and f"| {ablation.recipe_lr():g} (recipe, not swept) |" in out.stdout
     probes = study["arms"]["one_to_one"]["probes"]  # pooled over both seeds' reports
-    assert set(probes) == {"colour"} and abs(probes["colour"] - 0.8) < 0.1
-    assert "long prompts and slots" in out.stdout
+    assert set(probes) == {"colour", "colour_long"} and abs(probes["colour"] - 0.8) < 0.1 and probes["colour_long"] == 0.7
+    assert "long prompts and slots" in out.stdout and "| sparse | " in out.stdout and " ± " in out.stdout  # 2 seeds: a spread
     from PIL import Image
 
     with Image.open(tmp_path / "learning_curves.png") as img:
