@@ -717,10 +717,10 @@ def format_table(study: dict) -> str:
         vs_text = f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}], p={vs['p']:.3f}" if vs else "(reference)"
         loss = row["held_out_loss"]
         clean = "-" if row.get("clean_scenes") is None else f"{row['clean_scenes']:.0%}"
+        spread = f" ± {loss[1]:.4f}" if len(row["seeds"]) > 1 else ""  # one seed has no spread
         lines.append(f"| {a}: {row['label']} | {len(row['seeds'])} | {lr_text(row['picked'])} | " + " | ".join(f"{row['categories'][c]:.0%}" for c in cats)
                      + f" | {m['mean']:.1%} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {vs_text} | {clean}"
-                     f" | {loss[0]:.4f}" + (f" ± {loss[1]:.4f}" if len(row["seeds"]) > 1 else "")
-                     + f" | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
+                     f" | {loss[0]:.4f}{spread} | {row['dit_params']:,} | {row['dit_train_gflops_per_sample']:.3f} |")
     shown = [m for m in PROBES if any(m in row["probes"] for row in study["arms"].values())]
     if set(shown) - set(cats):  # a probe beyond the categories' own columns (long prompts, slots)
         lines += ["", "| arm (long prompts and slots, pooled over seeds) | " + " | ".join(shown) + " |",
