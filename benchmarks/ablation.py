@@ -737,7 +737,8 @@ def plot_curves(curves: dict, path: Path, size: tuple[int, int] = (720, 420),
     A point's "mean" may hold any share in [0, 1]: benchmarks/demo_curve.py passes one line per metric."""
     from PIL import Image, ImageDraw
 
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]  # matplotlib's tab10: 10 arms apart
     w, h = size
     left, right, top, bottom = 60, 200, 20, 50
     img = Image.new("RGB", size, "white")
